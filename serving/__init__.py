@@ -1,0 +1,1 @@
+"""recstream serving package."""

@@ -1,0 +1,1 @@
+"""recstream streams package."""
