@@ -1,0 +1,48 @@
+"""Small helpers shared by the benchmarks (argument parsing, JSON output, timing)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def parse_args(
+    description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None
+) -> Any:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="small size, under 60 s")
+    if extra is not None:
+        extra(parser)
+    return parser.parse_args()
+
+
+def progress(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def emit(result: dict[str, Any]) -> None:
+    """The one JSON line on stdout, last."""
+    sys.stdout.write(json.dumps(result, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+
+
+def median_of(fn: Callable[[], float], repeats: int) -> float:
+    return statistics.median(fn() for _ in range(repeats))
+
+
+def percentile_ms(samples_s: list[float], q: float) -> float:
+    if not samples_s:
+        return float("nan")
+    ordered = sorted(samples_s)
+    idx = min(len(ordered) - 1, max(0, round(q / 100.0 * (len(ordered) - 1))))
+    return round(ordered[idx] * 1000.0, 3)

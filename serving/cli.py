@@ -1,0 +1,216 @@
+"""The ``recstream`` command line: one entry point for every role and tool.
+
+Heavy modules are imported inside commands so ``recstream --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from streams.settings import KafkaSettings
+
+app = typer.Typer(
+    name="recstream",
+    help="Streaming real-time personalization: PinnerSage interests on Kafka, ONNX encoders, HNSW.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+Bootstrap = Annotated[
+    str | None,
+    typer.Option(
+        "--bootstrap-servers",
+        envvar="RECSTREAM_BOOTSTRAP_SERVERS",
+        help="Kafka bootstrap servers (host:port[,host:port]); SASL/SSL settings come from env.",
+        show_default="127.0.0.1:9092",
+    ),
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def _setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    for noisy in ("kafka", "aiokafka", "faust", "mode"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _settings(bootstrap_servers: str | None) -> KafkaSettings:
+    return KafkaSettings.from_env(bootstrap_servers)
+
+
+@app.command()
+def broker(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9092,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+) -> None:
+    """Run the embedded Kafka-protocol broker (tansu, memory storage) in the foreground."""
+    from streams.broker import run_foreground
+
+    typer.echo(f"embedded broker on {host}:{port} (Ctrl-C to stop)", err=True)
+    raise typer.Exit(run_foreground(host, port))
+
+
+@app.command()
+def topics(bootstrap_servers: Bootstrap = None) -> None:
+    """Create recstream's topics (idempotent) and list them."""
+    from streams.topics import ALL_TOPICS, ensure_topics
+
+    _setup_logging()
+    created = ensure_topics(_settings(bootstrap_servers))
+    for spec in ALL_TOPICS:
+        mark = "created" if spec.name in created else "exists"
+        typer.echo(f"{spec.name:16} partitions={spec.partitions} {spec.config or ''} [{mark}]")
+
+
+@app.command()
+def publish(
+    file: Annotated[str, typer.Argument(help="JSONL file of events, or - for stdin.")],
+    topic: Annotated[
+        str | None, typer.Option(help="Only accept events that belong on this topic.")
+    ] = None,
+    bootstrap_servers: Bootstrap = None,
+    quiet: Quiet = False,
+) -> None:
+    """Validate and publish JSONL events (keyed by user or item id); confirm delivery."""
+    from streams.publish import Publisher, publish_jsonl
+    from streams.schemas import InvalidEvent
+    from streams.topics import ensure_topics
+
+    _setup_logging()
+    settings = _settings(bootstrap_servers)
+    ensure_topics(settings)
+    try:
+        with Publisher(settings) as pub:
+            if file == "-":
+                n = publish_jsonl(pub, sys.stdin, topic=topic, progress=not quiet)
+            else:
+                with open(file, encoding="utf-8") as f:
+                    n = publish_jsonl(pub, f, topic=topic, progress=not quiet)
+    except InvalidEvent as exc:
+        typer.echo(f"error: {exc.reason}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"published {n} events", err=True)
+
+
+@app.command()
+def record(
+    topic: Annotated[str, typer.Option(help="Topic to record.")],
+    out: Annotated[Path, typer.Option(help="Output JSONL log.")],
+    from_beginning: Annotated[
+        bool, typer.Option("--from-beginning", help="Start at the earliest offset, not the end.")
+    ] = False,
+    timeout_s: Annotated[
+        float, typer.Option("--timeout-s", help="Stop after this many seconds with no new record.")
+    ] = 5.0,
+    max_records: Annotated[int | None, typer.Option(help="Stop after this many records.")] = None,
+    bootstrap_servers: Bootstrap = None,
+    quiet: Quiet = False,
+) -> None:
+    """Record a topic's records (key, value, timestamp, partition, offset) to JSONL."""
+    from streams.replay import record as do_record
+
+    _setup_logging()
+    n = do_record(
+        _settings(bootstrap_servers),
+        topic,
+        out,
+        from_beginning=from_beginning,
+        timeout_s=timeout_s,
+        max_records=max_records,
+        progress=not quiet,
+    )
+    typer.echo(f"recorded {n} records to {out}", err=True)
+
+
+@app.command()
+def replay(
+    file: Annotated[Path, typer.Argument(help="JSONL log written by `recstream record`.")],
+    speed: Annotated[
+        float | None, typer.Option(help="Replay at this multiple of the recorded pace.")
+    ] = None,
+    max_speed: Annotated[
+        bool, typer.Option("--max-speed", help="As fast as possible (default).")
+    ] = False,
+    topic: Annotated[str | None, typer.Option(help="Publish to this topic instead.")] = None,
+    bootstrap_servers: Bootstrap = None,
+    quiet: Quiet = False,
+) -> None:
+    """Publish a recorded log back, preserving keys and per-key order."""
+    from streams.replay import replay as do_replay
+    from streams.topics import ensure_topics
+
+    if speed is not None and max_speed:
+        raise typer.BadParameter("--speed and --max-speed exclude each other")
+    if speed is not None and speed <= 0:
+        raise typer.BadParameter("--speed must be > 0")
+    _setup_logging()
+    settings = _settings(bootstrap_servers)
+    ensure_topics(settings)
+    n = do_replay(settings, file, speed=speed, topic=topic, progress=not quiet)
+    typer.echo(f"replayed {n} records", err=True)
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("data/generated"),
+    users: Annotated[int, typer.Option(min=1)] = 200,
+    items: Annotated[int, typer.Option(min=1)] = 2000,
+    events: Annotated[int, typer.Option(min=1)] = 20_000,
+    seed: Annotated[int, typer.Option()] = 0,
+    days: Annotated[float, typer.Option(min=0.001)] = 60.0,
+) -> None:
+    """Write a synthetic catalogue, engagement log and ground truth (deterministic per seed)."""
+    from streams.generate import generate as gen
+    from streams.generate import write
+
+    paths = write(gen(users, items, events, seed=seed, days=days), out)
+    for name, path in paths.items():
+        typer.echo(f"{name:12} {path}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Working directory for the demo's data.")] = Path(
+        "data/demo"
+    ),
+    events: Annotated[int, typer.Option(min=1)] = 20_000,
+) -> None:
+    """Run the embedded default: broker, sample data published, recorded back."""
+    from streams.broker import EmbeddedBroker
+    from streams.generate import generate as gen
+    from streams.generate import write
+    from streams.publish import Publisher
+    from streams.replay import record as do_record
+    from streams.topics import ENGAGEMENTS, ensure_topics
+
+    _setup_logging()
+    data = gen(users=200, items=2000, events=events, seed=0)
+    paths = write(data, out / "generated")
+    with EmbeddedBroker() as b:
+        settings = b.settings()
+        ensure_topics(settings)
+        typer.echo(f"embedded broker on {b.bootstrap_servers}", err=True)
+        with Publisher(settings) as pub:
+            pub.publish_many(data.items)
+            pub.publish_many(data.engagements)
+        n = do_record(settings, ENGAGEMENTS.name, out / "engagements.log.jsonl", timeout_s=1.0)
+    typer.echo(
+        f"published {len(data.items)} items and {len(data.engagements)} engagements "
+        f"from {paths['engagements'].parent}; recorded {n} records back"
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

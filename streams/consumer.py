@@ -1,0 +1,134 @@
+"""A kafka-python consumer that validates every message and dead-letters the bad ones.
+
+Used by the encoder worker and the serving read models. Valid messages come back as
+``Accepted`` (with the decoded event); invalid ones go to ``dead-letters`` with the original
+bytes, the reason and their topic/partition/offset, and the consumer goes on. A tombstone
+(null value) on a compacted topic is accepted with ``event=None``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from streams.deadletters import DeadLetters
+from streams.schemas import InvalidEvent, decode_for_topic
+from streams.settings import KafkaSettings
+from streams.topics import BY_NAME, DEAD_LETTER_MAX_BYTES
+
+
+@dataclass(frozen=True)
+class Accepted:
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    event: Any  # a schemas model, or None for a tombstone on a compacted topic
+
+
+class _ProducerSender:
+    def __init__(self, producer: Any) -> None:
+        self._producer = producer
+
+    def send(self, topic: str, value: bytes | None, *, key: bytes | None) -> Any:
+        return self._producer.send(topic, value=value, key=key)
+
+
+class ValidatingConsumer:
+    """Poll validated events from topics; reject bad messages to ``dead-letters``."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topics: Sequence[str],
+        *,
+        rejected_by: str,
+        group_id: str | None = None,
+        from_beginning: bool = True,
+        max_poll_records: int = 2000,
+        dead_letters: DeadLetters | None = None,
+        **consumer_options: Any,
+    ) -> None:
+        from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+        self.topics = list(topics)
+        opts: dict[str, Any] = dict(
+            **settings.kafka_python(),
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest" if from_beginning else "latest",
+            max_poll_records=max_poll_records,
+        )
+        if group_id is not None:
+            opts.update(settings.group_consumer())
+        opts.update(consumer_options)
+        self._consumer = KafkaConsumer(**opts)
+        if group_id is None:
+            # No group: read every partition ourselves (read models, tools).
+            tps = []
+            for t in self.topics:
+                parts = self._consumer.partitions_for_topic(t) or set()
+                tps += [TopicPartition(t, p) for p in sorted(parts)]
+            self._consumer.assign(tps)
+            if from_beginning:
+                self._consumer.seek_to_beginning(*tps)
+        else:
+            self._consumer.subscribe(self.topics)
+        self._own_producer = None
+        if dead_letters is None:
+            self._own_producer = KafkaProducer(
+                **settings.kafka_python(), linger_ms=5, max_request_size=DEAD_LETTER_MAX_BYTES
+            )
+            dead_letters = DeadLetters(_ProducerSender(self._own_producer), rejected_by=rejected_by)
+        self.dead_letters = dead_letters
+
+    @property
+    def kafka(self) -> Any:
+        """The underlying kafka-python consumer (seek, positions, end offsets)."""
+        return self._consumer
+
+    def poll(self, timeout_ms: int = 500, max_records: int | None = None) -> list[Accepted]:
+        batch = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        out: list[Accepted] = []
+        rejected_before = self.dead_letters.count
+        for tp, records in batch.items():
+            compacted = tp.topic in BY_NAME and BY_NAME[tp.topic].compacted
+            for m in records:
+                if m.value is None and compacted:
+                    out.append(Accepted(tp.topic, tp.partition, m.offset, m.timestamp, m.key, None))
+                    continue
+                try:
+                    event = decode_for_topic(tp.topic, m.value)
+                except InvalidEvent as exc:
+                    self.dead_letters.reject(
+                        m.value,
+                        exc.reason,
+                        source_topic=tp.topic,
+                        partition=tp.partition,
+                        offset=m.offset,
+                        key=m.key,
+                    )
+                    continue
+                out.append(Accepted(tp.topic, tp.partition, m.offset, m.timestamp, m.key, event))
+        if self._own_producer is not None and self.dead_letters.count > rejected_before:
+            self._own_producer.flush()
+        return out
+
+    def commit(self) -> None:
+        self._consumer.commit()
+
+    def close(self) -> None:
+        try:
+            self._consumer.close()
+        finally:
+            if self._own_producer is not None:
+                self._own_producer.flush()
+                self._own_producer.close()
+
+    def __enter__(self) -> ValidatingConsumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,312 @@
+"""Event schemas (JSON on Kafka), versioned, with validation that says exactly what is wrong.
+
+Every message is a JSON object with ``"type"`` and ``"v"`` (schema version). Topics and the
+types they carry:
+
+==================  ==============================================  ===========
+topic               types                                           key
+==================  ==============================================  ===========
+engagements         ``engagement``, ``user_deleted``                user id
+items               ``item``, ``item_deleted``                      item id
+item-embeddings     ``item_embedding`` (tombstone = deleted item)   item id
+user-interests      ``user_interests`` (tombstone = deleted user)   user id
+dead-letters        ``dead_letter``                                 source topic
+==================  ==============================================  ===========
+
+Unknown extra fields are ignored (forward compatible); a message with an unknown version is
+rejected (``InvalidEvent``) and routed to ``dead-letters``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SCHEMA_VERSION = 1
+SUPPORTED_VERSIONS = frozenset({1})
+MAX_MESSAGE_BYTES = 1 << 20  # larger messages are dead-lettered, never parsed
+MAX_TEXT_CHARS = 20_000
+MAX_EMBEDDING_DIM = 4096
+
+Id = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\s\x00-\x1f]+$")]
+TimestampMs = Annotated[int, Field(ge=0, le=10**14)]
+ActionName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+
+
+class InvalidEvent(ValueError):
+    """A message that cannot be accepted; ``reason`` says precisely why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    v: Literal[1] = 1
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(exclude_none=False).encode()
+
+
+class Engagement(_Event):
+    """A user engaged with an item (view, click, like, save, ...)."""
+
+    type: Literal["engagement"] = "engagement"
+    event_id: Id
+    user_id: Id
+    item_id: Id
+    action: ActionName
+    weight: float | None = None
+    ts: TimestampMs
+
+    @field_validator("weight")
+    @classmethod
+    def _finite_weight(cls, w: float | None) -> float | None:
+        if w is not None and (not math.isfinite(w) or w < 0):
+            raise ValueError("weight must be a finite number >= 0")
+        return w
+
+    @property
+    def key(self) -> bytes:
+        return self.user_id.encode()
+
+
+class Item(_Event):
+    """A new or changed catalogue item; ``embedding`` (optional) bypasses the encoder."""
+
+    type: Literal["item"] = "item"
+    item_id: Id
+    text: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] = ""
+    category: Annotated[str, Field(max_length=256)] | None = None
+    tags: Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=64)] = []
+    embedding: Annotated[list[float], Field(min_length=1, max_length=MAX_EMBEDDING_DIM)] | None = (
+        None
+    )
+    ts: TimestampMs
+
+    @field_validator("embedding")
+    @classmethod
+    def _finite_embedding(cls, e: list[float] | None) -> list[float] | None:
+        if e is not None:
+            arr = np.asarray(e, dtype=np.float64)
+            if not np.all(np.isfinite(arr)):
+                raise ValueError("embedding must contain only finite numbers")
+            if not np.any(arr):
+                raise ValueError("embedding must not be all zeros")
+        return e
+
+    @property
+    def key(self) -> bytes:
+        return self.item_id.encode()
+
+
+class ItemDeleted(_Event):
+    type: Literal["item_deleted"] = "item_deleted"
+    item_id: Id
+    ts: TimestampMs
+
+    @property
+    def key(self) -> bytes:
+        return self.item_id.encode()
+
+
+class UserDeleted(_Event):
+    """Forget the user everywhere."""
+
+    type: Literal["user_deleted"] = "user_deleted"
+    user_id: Id
+    ts: TimestampMs
+
+    @property
+    def key(self) -> bytes:
+        return self.user_id.encode()
+
+
+class ItemEmbedding(_Event):
+    """Value of the compacted ``item-embeddings`` topic."""
+
+    type: Literal["item_embedding"] = "item_embedding"
+    item_id: Id
+    vector: str  # base64 of little-endian float32 or float16
+    dtype: Literal["float32", "float16"] = "float32"
+    dim: Annotated[int, Field(ge=1, le=MAX_EMBEDDING_DIM)]
+    encoder_version: Annotated[str, Field(min_length=1, max_length=256)]
+    source_ts: TimestampMs
+    text: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] = ""
+    category: str | None = None
+    tags: list[str] = []
+
+    @classmethod
+    def from_vector(
+        cls,
+        item_id: str,
+        vector: np.ndarray,
+        *,
+        encoder_version: str,
+        source_ts: int,
+        dtype: Literal["float32", "float16"] = "float32",
+        text: str = "",
+        category: str | None = None,
+        tags: list[str] | None = None,
+    ) -> ItemEmbedding:
+        vec = np.ascontiguousarray(vector, dtype=np.dtype(dtype).newbyteorder("<"))
+        return cls(
+            item_id=item_id,
+            vector=base64.b64encode(vec.tobytes()).decode(),
+            dtype=dtype,
+            dim=int(vec.shape[0]),
+            encoder_version=encoder_version,
+            source_ts=source_ts,
+            text=text[:MAX_TEXT_CHARS],
+            category=category,
+            tags=list(tags or []),
+        )
+
+    def array(self) -> np.ndarray:
+        """The vector as float32 (decoded and checked against ``dim``)."""
+        raw = base64.b64decode(self.vector, validate=True)
+        vec = np.frombuffer(raw, dtype=np.dtype(self.dtype).newbyteorder("<"))
+        if vec.shape[0] != self.dim:
+            raise InvalidEvent(f"vector has {vec.shape[0]} values, dim says {self.dim}")
+        return vec.astype(np.float32)
+
+    @property
+    def key(self) -> bytes:
+        return self.item_id.encode()
+
+
+class InterestSummary(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    medoid: str
+    importance: float
+    size: int
+    members: list[str] = []
+
+
+class UserInterests(_Event):
+    """Value of the compacted ``user-interests`` topic: a user's current interests.
+
+    ``state`` is the interests engine's serialized state (base64), so read models can answer
+    "which items has this user seen" and show clusters without replaying engagements.
+    """
+
+    type: Literal["user_interests"] = "user_interests"
+    user_id: Id
+    interests: list[InterestSummary]
+    n_actions: int
+    last_event_id: str | None = None
+    last_event_ts: TimestampMs
+    updated_ms: TimestampMs
+    state: str | None = None
+
+    @property
+    def key(self) -> bytes:
+        return self.user_id.encode()
+
+
+class DeadLetter(BaseModel):
+    """Value of ``dead-letters``: the original bytes (base64) and why they were rejected."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: Literal["dead_letter"] = "dead_letter"
+    v: Literal[1] = 1
+    reason: str
+    source_topic: str
+    partition: int | None = None
+    offset: int | None = None
+    key_b64: str | None = None
+    value_b64: str
+    rejected_by: str
+    rejected_ms: int
+
+    def original(self) -> bytes:
+        return base64.b64decode(self.value_b64)
+
+
+EngagementsEvent = Annotated[Engagement | UserDeleted, Field(discriminator="type")]
+ItemsEvent = Annotated[Item | ItemDeleted, Field(discriminator="type")]
+AnyEvent = Annotated[
+    Engagement | UserDeleted | Item | ItemDeleted | ItemEmbedding | UserInterests,
+    Field(discriminator="type"),
+]
+
+TYPES_BY_TOPIC: dict[str, tuple[str, ...]] = {
+    "engagements": ("engagement", "user_deleted"),
+    "items": ("item", "item_deleted"),
+    "item-embeddings": ("item_embedding",),
+    "user-interests": ("user_interests",),
+}
+_MODELS: dict[str, type[_Event]] = {
+    m.model_fields["type"].default: m
+    for m in (Engagement, UserDeleted, Item, ItemDeleted, ItemEmbedding, UserInterests)
+}
+
+
+def _describe(err: ValidationError) -> str:
+    """One precise sentence for the first problem pydantic found."""
+    e = err.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in _MODELS))
+    kind = e["type"]
+    if kind == "missing":
+        return f"missing field '{loc}'"
+    if kind == "json_invalid":
+        return f"not JSON: {e['msg']}"
+    return f"invalid field '{loc}': {e['msg']}" if loc else e["msg"]
+
+
+def decode_event(raw: bytes | None, *, allowed: tuple[str, ...] | None = None) -> Any:
+    """Parse and validate one message; raise ``InvalidEvent`` with a precise reason."""
+    if raw is None:
+        raise InvalidEvent("empty message (null value)")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise InvalidEvent(f"message too large: {len(raw)} bytes > {MAX_MESSAGE_BYTES}")
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidEvent(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidEvent(f"not a JSON object (got {type(obj).__name__})")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise InvalidEvent("missing field 'type'" if kind is None else "invalid field 'type'")
+    if kind not in _MODELS:
+        raise InvalidEvent(f"unknown event type {kind!r}")
+    if allowed is not None and kind not in allowed:
+        raise InvalidEvent(
+            f"event type {kind!r} does not belong here (expected {', '.join(allowed)})"
+        )
+    version = obj.get("v", SCHEMA_VERSION)
+    if version not in SUPPORTED_VERSIONS or isinstance(version, bool):
+        raise InvalidEvent(
+            f"unknown schema version {version!r} for {kind!r} (supported: "
+            f"{', '.join(map(str, sorted(SUPPORTED_VERSIONS)))})"
+        )
+    try:
+        return _MODELS[kind].model_validate(obj)
+    except ValidationError as exc:
+        raise InvalidEvent(_describe(exc)) from None
+
+
+def decode_for_topic(topic: str, raw: bytes | None) -> Any:
+    return decode_event(raw, allowed=TYPES_BY_TOPIC.get(topic))
+
+
+def parse_event_obj(obj: dict[str, Any]) -> Any:
+    """Validate an already-parsed JSON object (e.g. from an HTTP body or a JSONL line)."""
+    return decode_event(json.dumps(obj).encode())
+
+
+def topic_for(event: Any) -> str:
+    for topic, kinds in TYPES_BY_TOPIC.items():
+        if event.type in kinds:
+            return topic
+    raise ValueError(f"no topic carries events of type {event.type!r}")

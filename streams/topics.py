@@ -1,0 +1,101 @@
+"""Every Kafka topic recstream uses: names, partition counts and configs, in one place.
+
+Keys: engagements and user-interests are keyed by user id (one user's events stay in order on
+one partition, so per-user state has a single writer); items and item-embeddings by item id.
+The two read-model topics are compacted: the latest record per key is the state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from streams.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    key: str
+    config: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def compacted(self) -> bool:
+        return self.config.get("cleanup.policy") == "compact"
+
+
+_COMPACT = {"cleanup.policy": "compact"}
+
+ENGAGEMENTS = TopicSpec("engagements", 8, key="user_id")
+ITEMS = TopicSpec("items", 4, key="item_id")
+ITEM_EMBEDDINGS = TopicSpec("item-embeddings", 4, key="item_id", config=dict(_COMPACT))
+USER_INTERESTS = TopicSpec("user-interests", 8, key="user_id", config=dict(_COMPACT))
+# Dead letters carry the original bytes (base64) of messages up to MAX_MESSAGE_BYTES and more.
+DEAD_LETTER_MAX_BYTES = 8 << 20
+DEAD_LETTERS = TopicSpec(
+    "dead-letters", 1, key="source topic", config={"max.message.bytes": str(DEAD_LETTER_MAX_BYTES)}
+)
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (
+    ENGAGEMENTS,
+    ITEMS,
+    ITEM_EMBEDDINGS,
+    USER_INTERESTS,
+    DEAD_LETTERS,
+)
+BY_NAME = {t.name: t for t in ALL_TOPICS}
+
+
+def ensure_topics(
+    settings: KafkaSettings,
+    specs: Iterable[TopicSpec] = ALL_TOPICS,
+    *,
+    replication_factor: int = 1,
+    timeout_s: float = 30.0,
+) -> list[str]:
+    """Create the topics that do not exist yet; return the names created. Idempotent."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    specs = list(specs)
+    deadline = time.monotonic() + timeout_s
+    admin = KafkaAdminClient(**settings.kafka_python(), request_timeout_ms=int(timeout_s * 1000))
+    try:
+        existing = set(admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        created: list[str] = []
+        for spec in missing:
+            try:
+                admin.create_topics(
+                    [
+                        NewTopic(
+                            spec.name,
+                            spec.partitions,
+                            replication_factor,
+                            topic_configs=spec.config,
+                        )
+                    ]
+                )
+                created.append(spec.name)
+            except TopicAlreadyExistsError:
+                pass  # another process won the race: fine
+        # Topic creation is asynchronous on real clusters: wait until metadata shows every topic.
+        while True:
+            if {s.name for s in specs} <= set(admin.list_topics()):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"topics not visible after {timeout_s}s: {[s.name for s in specs]}"
+                )
+            time.sleep(0.1)
+        if created:
+            log.info("created topics %s", ", ".join(created))
+        return created
+    finally:
+        admin.close()
