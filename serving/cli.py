@@ -208,6 +208,75 @@ def demo(
     )
 
 
+worker_app = typer.Typer(
+    help="Run one streaming role against --bootstrap-servers.", no_args_is_help=True
+)
+app.add_typer(worker_app, name="worker")
+
+
+@worker_app.command("interests")
+def worker_interests(
+    data_dir: Annotated[
+        Path, typer.Option(help="Local state: faust tables (RocksDB) and the item store.")
+    ] = Path("data/interests-worker"),
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 2000,
+    bootstrap_servers: Bootstrap = None,
+    loglevel: Annotated[str, typer.Option(help="crit, error, warn, info or debug")] = "warn",
+) -> None:
+    """Engagements -> per-user interest clusters (faust; scale out by starting more)."""
+    from streams.interests_worker import InterestsWorker, InterestsWorkerConfig
+    from streams.topics import ensure_topics
+
+    _setup_logging(logging.WARNING)
+    settings = _settings(bootstrap_servers)
+    ensure_topics(settings)
+    config = InterestsWorkerConfig(
+        data_dir=data_dir, metrics_port=metrics_port, batch_size=batch_size
+    )
+    InterestsWorker(settings, config).run(loglevel=loglevel)
+
+
+@worker_app.command("encoder")
+def worker_encoder(
+    model_dir: Annotated[
+        Path | None, typer.Option(help="Exported encoder (exported on first use when missing).")
+    ] = None,
+    variant: Annotated[
+        str, typer.Option(help="auto (int8 on CPU, fp32 on CUDA), fp32 or int8")
+    ] = "auto",
+    max_batch: Annotated[int, typer.Option(min=1)] = 256,
+    bootstrap_servers: Bootstrap = None,
+) -> None:
+    """Items -> ONNX text encoder (batched) -> item-embeddings."""
+    import signal
+
+    from streams.encoder_worker import EncoderWorker
+    from streams.topics import ensure_topics
+
+    _setup_logging()
+    settings = _settings(bootstrap_servers)
+    ensure_topics(settings)
+    worker = EncoderWorker(settings, _encoder(model_dir, variant), max_batch=max_batch)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    try:
+        worker.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        worker.close()
+
+
+def _encoder(model_dir: Path | None, variant: str) -> object:
+    from encoders.session import EncoderSession, default_model_dir, ensure_exported
+
+    directory = model_dir or default_model_dir()
+    ensure_exported(directory)
+    return EncoderSession(directory, variant=variant)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,167 @@
+"""The encoder worker: ``items`` -> ONNX text encoder (batched) -> ``item-embeddings``.
+
+- Item texts are encoded in batches (one poll's worth at a time, up to ``max_batch``): never
+  one item at a time.
+- An item that carries its own embedding is passed through after validation (finite,
+  non-zero, and of the encoder's dimension, since it lands in the same index).
+- ``item_deleted`` becomes a tombstone (null value) on the compacted ``item-embeddings``.
+- Bad messages go to ``dead-letters`` (by the validating consumer, or here for a wrong dim).
+
+Offsets are committed only after the broker confirmed the embeddings of a batch
+(at-least-once; the compacted output topic makes redelivery harmless).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from streams.consumer import Accepted, ValidatingConsumer
+from streams.deadletters import DeadLetters
+from streams.publish import Publisher
+from streams.schemas import Item, ItemDeleted, ItemEmbedding
+from streams.settings import KafkaSettings
+from streams.topics import DEAD_LETTER_MAX_BYTES, ITEM_EMBEDDINGS, ITEMS
+
+log = logging.getLogger(__name__)
+
+GROUP_ID = "recstream-encoder"
+
+
+class TextEncoder(Protocol):
+    """What the worker needs from an encoder (``encoders.EncoderSession`` provides it)."""
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def version(self) -> str: ...
+
+    def encode_items(self, items: Sequence[Any]) -> np.ndarray:
+        """(n, dim) float32 L2-normalized embeddings of items (text, category, tags)."""
+        ...
+
+
+@dataclass
+class EncoderWorkerStats:
+    embedded: int = 0
+    passed_through: int = 0
+    deleted: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+
+
+class EncoderWorker:
+    """Consume items, embed them in batches, publish item embeddings."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        encoder: TextEncoder,
+        *,
+        group_id: str = GROUP_ID,
+        max_batch: int = 256,
+        poll_timeout_ms: int = 100,
+        vector_dtype: str = "float32",
+    ) -> None:
+        self.settings = settings
+        self.encoder = encoder
+        self.max_batch = max_batch
+        self.poll_timeout_ms = poll_timeout_ms
+        self.vector_dtype = vector_dtype
+        self.stats = EncoderWorkerStats()
+        self._publisher = Publisher(settings, linger_ms=5, max_request_size=DEAD_LETTER_MAX_BYTES)
+        # Dead letters share the publisher, so they are confirmed with each batch's flush.
+        self._consumer = ValidatingConsumer(
+            settings,
+            [ITEMS.name],
+            rejected_by="encoder-worker",
+            group_id=group_id,
+            max_poll_records=max_batch,
+            dead_letters=DeadLetters(self._publisher, rejected_by="encoder-worker"),
+        )
+        self._stop = threading.Event()
+
+    def process(self, accepted: Sequence[Accepted]) -> None:
+        """Embed and publish one batch (in input order per item key)."""
+        to_encode: list[tuple[int, Item]] = []
+        out: list[Any] = [None] * len(accepted)
+        for i, acc in enumerate(accepted):
+            ev = acc.event
+            if isinstance(ev, ItemDeleted):
+                out[i] = ev
+            elif isinstance(ev, Item) and ev.embedding is not None:
+                vec = np.asarray(ev.embedding, dtype=np.float32)
+                if vec.shape[0] != self.encoder.dim:
+                    self._consumer.dead_letters.reject(
+                        ev.to_json(),
+                        f"embedding has dim {vec.shape[0]}, the index expects {self.encoder.dim}",
+                        source_topic=acc.topic,
+                        partition=acc.partition,
+                        offset=acc.offset,
+                        key=acc.key,
+                    )
+                    self.stats.dead_lettered += 1
+                    continue
+                out[i] = self._record(ev, vec / np.linalg.norm(vec), "precomputed")
+                self.stats.passed_through += 1
+            elif isinstance(ev, Item):
+                to_encode.append((i, ev))
+        if to_encode:
+            vectors = self.encoder.encode_items([ev for _, ev in to_encode])
+            for (i, ev), vec in zip(to_encode, vectors, strict=True):
+                out[i] = self._record(ev, vec, self.encoder.version)
+            self.stats.embedded += len(to_encode)
+        for rec in out:
+            if isinstance(rec, ItemDeleted):
+                self._publisher.send(ITEM_EMBEDDINGS.name, None, key=rec.key)
+                self.stats.deleted += 1
+            elif rec is not None:
+                self._publisher.send(ITEM_EMBEDDINGS.name, rec.to_json(), key=rec.key)
+        self._publisher.flush()
+        self.stats.batches += 1
+
+    def _record(self, item: Item, vec: np.ndarray, version: str) -> ItemEmbedding:
+        return ItemEmbedding.from_vector(
+            item.item_id,
+            vec,
+            encoder_version=version,
+            source_ts=item.ts,
+            dtype="float16" if self.vector_dtype == "float16" else "float32",
+            text=item.text,
+            category=item.category,
+            tags=list(item.tags),
+        )
+
+    def run_once(self) -> int:
+        accepted = self._consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.max_batch)
+        if accepted:
+            self.process(accepted)
+        self._publisher.flush()  # dead letters of this poll, even when nothing was accepted
+        if accepted or self._consumer.dead_letters.count:
+            self._consumer.commit()
+        return len(accepted)
+
+    def run(self, *, idle_exit_s: float | None = None) -> None:
+        """Loop until ``stop()`` (or ``idle_exit_s`` without input, for tools and tests)."""
+        last = time.monotonic()
+        while not self._stop.is_set():
+            if self.run_once():
+                last = time.monotonic()
+            elif idle_exit_s is not None and time.monotonic() - last > idle_exit_s:
+                break
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        try:
+            self._consumer.close()
+        finally:
+            self._publisher.close()

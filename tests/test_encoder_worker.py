@@ -1,0 +1,124 @@
+"""The encoder worker on the real broker: items in, item embeddings out."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from encoders.export import export_text_encoder
+from encoders.session import EncoderSession
+from encoders.text_model import build_tiny_text_encoder
+from streams.broker import EmbeddedBroker
+from streams.deadletters import parse_dead_letter
+from streams.encoder_worker import EncoderWorker, EncoderWorkerStats
+from streams.publish import Publisher
+from streams.replay import read_topic
+from streams.schemas import Item, ItemDeleted, ItemEmbedding, decode_for_topic
+from streams.topics import DEAD_LETTERS, ITEM_EMBEDDINGS, ITEMS
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> EncoderSession:
+    root = tmp_path_factory.mktemp("tiny-encoder")
+    source = build_tiny_text_encoder(root / "source", dim=32)
+    export_text_encoder(root / "model", source=source)
+    return EncoderSession(root / "model", variant="fp32")
+
+
+def run_until(
+    worker: EncoderWorker, done: Callable[[EncoderWorkerStats], bool], timeout_s: float = 60
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done(worker.stats):
+        assert time.monotonic() < deadline, worker.stats
+        worker.run_once()
+
+
+def test_items_become_embeddings_with_dim_and_version(
+    fresh_broker: EmbeddedBroker, tiny_encoder: EncoderSession
+) -> None:
+    settings = fresh_broker.settings()
+    own = np.arange(1, 33, dtype=np.float32)
+    items = [
+        Item(
+            item_id=f"i{n}",
+            text=f"item number {n} about recipes",
+            category="food",
+            tags=["t"],
+            ts=n,
+        )
+        for n in range(40)
+    ]
+    with Publisher(settings) as pub:
+        pub.publish_many(items)
+        pub.publish(Item(item_id="own", text="precomputed", embedding=own.tolist(), ts=99))
+        pub.publish(Item(item_id="wrong-dim", text="x", embedding=[1.0, 2.0], ts=99))
+        pub.send(ITEMS.name, b'{"type":"item","v":1}', key=b"broken")
+        pub.publish(ItemDeleted(item_id="i3", ts=100))
+
+    worker = EncoderWorker(settings, tiny_encoder, max_batch=16)
+    try:
+        run_until(worker, lambda s: s.embedded == 40 and s.deleted == 1 and s.dead_lettered == 1)
+    finally:
+        worker.close()
+    assert worker.stats.passed_through == 1
+
+    latest: dict[str, ItemEmbedding | None] = {}
+    for rec in read_topic(settings, ITEM_EMBEDDINGS.name, idle_timeout_s=1.0):
+        assert rec.key is not None
+        latest[rec.key.decode()] = (
+            None if rec.value is None else decode_for_topic(ITEM_EMBEDDINGS.name, rec.value)
+        )
+    assert latest.pop("i3") is None  # deleted: a tombstone after its embedding
+    assert "wrong-dim" not in latest and "broken" not in latest
+    assert set(latest) == {f"i{n}" for n in range(40) if n != 3} | {"own"}
+    expected = tiny_encoder.encode_items([it for it in items if it.item_id in latest])
+    for item, vec in zip([it for it in items if it.item_id in latest], expected, strict=True):
+        rec = latest[item.item_id]
+        assert rec is not None
+        assert rec.dim == tiny_encoder.dim == 32
+        assert rec.encoder_version == tiny_encoder.version
+        assert rec.source_ts == item.ts
+        np.testing.assert_allclose(rec.array(), vec, atol=1e-5)
+    own_rec = latest["own"]
+    assert own_rec is not None and own_rec.encoder_version == "precomputed"
+    np.testing.assert_allclose(own_rec.array(), own / np.linalg.norm(own), atol=1e-6)
+
+    letters = [
+        parse_dead_letter(r.value or b"")
+        for r in read_topic(settings, DEAD_LETTERS.name, idle_timeout_s=1.0)
+    ]
+    reasons = sorted(letter.reason for letter in letters)
+    assert len(reasons) == 2
+    assert any("dim 2" in r for r in reasons)
+    assert any("missing field 'item_id'" in r for r in reasons)
+    assert json.loads(letters[0].original())  # original bytes kept
+
+
+def test_real_pretrained_encoder_through_the_worker(fresh_broker: EmbeddedBroker) -> None:
+    from encoders.models import default_model_dir, ensure_exported
+
+    model_dir = default_model_dir()
+    ensure_exported(model_dir)
+    session = EncoderSession(model_dir)
+    settings = fresh_broker.settings()
+    with Publisher(settings) as pub:
+        pub.publish(Item(item_id="a", text="sourdough bread recipe", ts=1))
+        pub.publish(Item(item_id="b", text="easy homemade bread baking", ts=1))
+        pub.publish(Item(item_id="c", text="galaxy telescope stargazing", ts=1))
+    worker = EncoderWorker(settings, session)
+    try:
+        run_until(worker, lambda s: s.embedded == 3)
+    finally:
+        worker.close()
+    recs = {
+        r.key.decode(): decode_for_topic(ITEM_EMBEDDINGS.name, r.value).array()
+        for r in read_topic(settings, ITEM_EMBEDDINGS.name, idle_timeout_s=1.0)
+        if r.key and r.value
+    }
+    assert recs["a"].shape == (384,)
+    assert float(recs["a"] @ recs["b"]) > float(recs["a"] @ recs["c"]) + 0.2
