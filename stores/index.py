@@ -10,21 +10,28 @@ Concurrency
 Readers (HTTP request threads) query while one writer (the Kafka consumer)
 upserts, deletes and grows the index. hnswlib's search takes no locks, and its
 maintainers say search and insert are not safe together (nmslib/hnswlib #562,
-#590); `resize_index` reallocates the graph under the readers' feet. So:
+#590); `resize_index` reallocates the graph under the readers' feet. So
+readers and the writer never touch the same hnswlib object at the same time:
 
-* a writer-preferring reader/writer lock (`stores._rwlock.ReadWriteLock`)
-  guards the hnswlib object and the id <-> label maps. Queries share it;
-  hnswlib releases the GIL inside `knn_query`, so concurrent queries run in
-  parallel on all cores.
-* every mutation runs under a writer mutex (one writer at a time, also taken
-  by `snapshot`) and takes the exclusive side only in short slices: an upsert
-  is cut into chunks sized from the measured cost per item so that one slice
-  lasts about `write_budget_ms` (5 ms by default); a resize is its own slice.
-  A query therefore waits at most one slice, however large the write.
-* `snapshot` holds only the writer mutex: it reads the index while queries go
-  on, and writes wait until it is done.
-* a query with an `ef` other than the index's own changes hnswlib's shared
-  `ef`, so it runs exclusively (rare: sweeps and tests).
+* ``copies=2`` (default, left-right; `stores._concurrency.TwoCopies`): two
+  copies of the graph, each with its own id <-> label maps. Queries run on the
+  published copy; a write goes to the other one, which is then published, and
+  once the last query still inside the old copy has left (queries in flight:
+  sub-millisecond) the old copy is caught up by replaying the write (a bulk
+  load, at least half the index, is cloned instead). Queries never wait for
+  writes; the price is twice the memory and twice the insert CPU.
+* ``copies=1`` (`stores._concurrency.OneCopy`): one copy under a phase-fair
+  reader/writer lock. Writes are cut into slices of about `write_budget_ms`
+  (5 ms), so a query waits at most one slice; half the memory.
+
+Either way one writer mutex serializes upserts, deletes, `ef` changes and
+snapshots; a snapshot reads the published copy while queries go on. hnswlib
+releases the GIL inside `knn_query`, so concurrent queries use all cores. A
+query with an `ef` other than the index's own needs hnswlib's shared `ef`
+changed, so it takes the writer mutex and runs on the unpublished copy (or
+exclusively, with one copy): meant for sweeps and tests, not for serving.
+`version` is bumped after each write completes: read it before querying to key
+cached results.
 """
 
 from __future__ import annotations
@@ -33,21 +40,21 @@ import contextlib
 import json
 import logging
 import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import hnswlib
 import numpy as np
 
-from stores._rwlock import ReadWriteLock
+from stores._concurrency import Copies, OneCopy, TwoCopies
 from stores.snapshot import SnapshotError, iter_snapshots, write_snapshot
 
 log = logging.getLogger(__name__)
 
 ItemFilter = Callable[[str], bool]
+S = TypeVar("S")
 
 _SNAPSHOT_FORMAT = "recstream.item_index"
 _SNAPSHOT_FORMAT_VERSION = 1
@@ -57,7 +64,6 @@ _LABELS_FILE = "labels.json"
 _SCAN_FRACTION = 0.25
 _SCAN_CHUNK = 16_384
 _QUERY_CHUNK = 256
-_DELETE_CHUNK = 4_096
 
 
 class Neighbor(NamedTuple):
@@ -70,54 +76,59 @@ class Neighbor(NamedTuple):
 def normalize_rows(matrix: np.ndarray, ids: Sequence[str] | None = None) -> np.ndarray:
     """Unit-length float32 copy of `matrix` (2-D); zero or non-finite rows raise ValueError."""
     m = np.asarray(matrix, dtype=np.float32)
-    norms = np.linalg.norm(m, axis=1)
-    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0.0))
-    if bad.size:
+    norms = np.sqrt(np.einsum("ij,ij->i", m, m))
+    if norms.size and not (norms.min() > 0.0 and norms.max() < np.inf):  # NaN fails both
+        bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0.0))
         where = [ids[i] for i in bad[:5]] if ids is not None else bad[:5].tolist()
         raise ValueError(
             f"{bad.size} vector(s) are zero or not finite and cannot be normalized: {where}"
         )
-    return np.ascontiguousarray(m / norms[:, None], dtype=np.float32)
+    return m / norms[:, None]  # a new C-contiguous float32 array
 
 
-class _VectorIndex(ABC):
-    """Shared front end: input checks, normalization, locking, exclude/filter over-fetch."""
+class _VectorIndex(ABC, Generic[S]):
+    """Shared front end: input checks, normalization, exclude/filter over-fetch.
+
+    A subclass keeps its data in states of type S shared through `self._copies`
+    and implements the hooks below on one state.
+    """
+
+    _copies: Copies[S]
 
     def __init__(self, dim: int) -> None:
         if int(dim) <= 0:
             raise ValueError(f"dim must be positive, got {dim}")
         self._dim = int(dim)
-        self._lock = ReadWriteLock()
         self._writer = threading.Lock()  # one mutation (or snapshot) at a time
         self._version = 0
 
-    # ---- subclass hooks (called with the lock held as documented) ----
+    # ---- hooks, on one consistent state ----
     @abstractmethod
-    def _live_count(self) -> int: ...
+    def _count(self, state: S) -> int: ...
 
     @abstractmethod
-    def _has(self, item_id: str) -> bool: ...
+    def _has(self, state: S, item_id: str) -> bool: ...
 
     @abstractmethod
-    def _live_ids(self) -> list[str]: ...
+    def _live_ids(self, state: S) -> list[str]: ...
 
     @abstractmethod
-    def _vector(self, item_id: str) -> np.ndarray | None: ...
+    def _vector(self, state: S, item_id: str) -> np.ndarray | None: ...
+
+    @abstractmethod
+    def _search(self, state: S, queries: np.ndarray, fetch: int) -> list[list[Neighbor]]:
+        """Best `fetch` live items per (unit) query row, best first."""
 
     @abstractmethod
     def _apply_upsert(self, ids: list[str], vectors: np.ndarray) -> None:
-        """Called under the writer mutex; takes the exclusive lock itself, bumps `_version`."""
+        """Write through `self._copies`; called under the writer mutex."""
 
     @abstractmethod
     def _apply_delete(self, ids: list[str]) -> int:
-        """Called under the writer mutex; takes the exclusive lock itself, bumps `_version`."""
+        """Write through `self._copies`; called under the writer mutex."""
 
-    @abstractmethod
-    def _search(self, queries: np.ndarray, fetch: int) -> list[list[Neighbor]]:
-        """Best `fetch` live items per (unit) query row, best first; under the read lock."""
-
-    def _query_section(self, ef: int | None) -> contextlib.AbstractContextManager[None]:
-        return self._lock.read
+    def _query_section(self, ef: int | None) -> contextlib.AbstractContextManager[S]:
+        return self._copies.reading()
 
     # ---- public API ----
     @property
@@ -127,28 +138,29 @@ class _VectorIndex(ABC):
 
     @property
     def version(self) -> int:
-        """Monotonic counter, bumped by every write (cache key for query results)."""
+        """Monotonic counter, bumped after every write (read it before querying to key a cache)."""
         return self._version
 
     def __len__(self) -> int:
-        with self._lock.read:
-            return self._live_count()
+        """Live items."""
+        with self._copies.reading() as state:
+            return self._count(state)
 
     def __contains__(self, item_id: object) -> bool:
         if not isinstance(item_id, str):
             return False
-        with self._lock.read:
-            return self._has(item_id)
+        with self._copies.reading() as state:
+            return self._has(state, item_id)
 
     def ids(self) -> list[str]:
         """The live item ids (a copy, in no particular order)."""
-        with self._lock.read:
-            return self._live_ids()
+        with self._copies.reading() as state:
+            return self._live_ids(state)
 
     def vector(self, item_id: str) -> np.ndarray | None:
         """The item's stored (unit-normalized) vector, or None when unknown."""
-        with self._lock.read:
-            return self._vector(item_id)
+        with self._copies.reading() as state:
+            return self._vector(state, item_id)
 
     def upsert(self, ids: Sequence[str] | str, vectors: np.ndarray) -> None:
         """Add new ids and replace the vectors of known ones (a batch; the last duplicate wins).
@@ -160,15 +172,19 @@ class _VectorIndex(ABC):
         if id_list:
             with self._writer:
                 self._apply_upsert(id_list, matrix)
+                self._version += 1
 
     def delete(self, ids: Iterable[str] | str) -> int:
-        """Remove items; returns how many were present. A deleted id is never returned again
-        (until it is upserted anew)."""
+        """Remove items; returns how many were present. A deleted id is never returned
+        again (unless upserted anew)."""
         id_list = [ids] if isinstance(ids, str) else list(dict.fromkeys(ids))
         if not id_list:
             return 0
         with self._writer:
-            return self._apply_delete(id_list)
+            removed = self._apply_delete(id_list)
+            if removed:
+                self._version += 1
+            return removed
 
     def knn(
         self,
@@ -185,7 +201,7 @@ class _VectorIndex(ABC):
         ``list[list[Neighbor]]``, as `knn_batch`. Items in `exclude` or rejected by
         `filter` are skipped, and k results still come back whenever k valid items
         exist (the search over-fetches and widens until it has them). `ef` overrides
-        the search breadth for this call (HNSW only).
+        the search breadth for this call (HNSW only; slow path, see the module doc).
         """
         q = np.asarray(query, dtype=np.float32)
         if q.ndim == 1:
@@ -212,28 +228,27 @@ class _VectorIndex(ABC):
         if k == 0 or q.shape[0] == 0:
             return [[] for _ in range(q.shape[0])]
         q = normalize_rows(q)
-        excluded: Collection[str] = (
-            exclude if isinstance(exclude, set | frozenset) else set(exclude or ())
-        )
-        with self._query_section(ef):
-            return self._knn_locked(q, k, excluded, filter)
+        excluded = exclude if isinstance(exclude, set | frozenset) else frozenset(exclude or ())
+        with self._query_section(ef) as state:
+            return self._knn_in(state, q, k, excluded, filter)
 
     # ---- internals ----
-    def _knn_locked(
-        self, q: np.ndarray, k: int, excluded: Collection[str], keep: ItemFilter | None
+    def _knn_in(
+        self, state: S, q: np.ndarray, k: int, excluded: Collection[str], keep: ItemFilter | None
     ) -> list[list[Neighbor]]:
-        live = self._live_count()
+        live = self._count(state)
         if live == 0:
             return [[] for _ in range(q.shape[0])]
         if not excluded and keep is None:
-            return self._search(q, min(k, live))
+            return self._search(state, q, min(k, live))
         # Over-fetch for what exclude/filter will drop, then widen 4x for rows still short.
         fetch = min(live, k + min(len(excluded), k) + (k if keep is not None else 0))
         results: list[list[Neighbor]] = [[] for _ in range(q.shape[0])]
         pending = np.arange(q.shape[0])
         while pending.size:
             short = []
-            for row, hits in zip(pending.tolist(), self._search(q[pending], fetch), strict=True):
+            hits_per_row = self._search(state, q[pending], fetch)
+            for row, hits in zip(pending.tolist(), hits_per_row, strict=True):
                 valid = [
                     h
                     for h in hits
@@ -269,25 +284,45 @@ class _VectorIndex(ABC):
         return id_list, m
 
 
-class ItemIndex(_VectorIndex):
+class _Graph:
+    """One copy of the HNSW graph with its own id <-> label maps, always changed together."""
+
+    __slots__ = ("hnsw", "id_of", "label_of")
+
+    def __init__(self, hnsw: hnswlib.Index, label_of: dict[str, int]) -> None:
+        self.hnsw = hnsw
+        self.label_of = label_of
+        self.id_of = {label: item_id for item_id, label in label_of.items()}
+
+    def clone(self) -> _Graph:
+        return _Graph(hnswlib.Index(self.hnsw), dict(self.label_of))
+
+    def size(self) -> int:
+        return int(self.hnsw.element_count)
+
+
+class ItemIndex(_VectorIndex[_Graph]):
     """Approximate cosine k-NN over a live catalog (hnswlib HNSW, inner product on unit vectors).
 
-    Parameters (defaults as hnswlib's):
+    Parameters (graph defaults as hnswlib's):
         dim: vector dimension.
         M: graph degree (16); more = better recall, more memory, slower inserts.
         ef_construction: build-time breadth (200).
-        ef: query-time breadth (64); settable via `index.ef`, not saved by hnswlib
-            (snapshots keep it).
-        initial_capacity: slots allocated up front (1024); doubles automatically.
-        num_threads: threads hnswlib uses inside one add/query call (1; -1 = all cores).
-            Concurrent callers already run in parallel, so 1 suits serving.
-        write_budget_ms: target length of one exclusive write slice (5.0), i.e. the most a
-            query waits for a writer; None writes each batch in one slice (bulk loads).
+        ef: query-time breadth (64); settable via `index.ef`. hnswlib does not save it;
+            snapshots do.
+        initial_capacity: slots allocated up front (1024); doubled before they run out.
+        copies: 2 (default) = queries never wait for writes, at twice the memory and
+            insert CPU; 1 = half the memory, queries wait up to one write slice. See the
+            module docstring.
+        num_threads: threads hnswlib uses inside one add or batch query (1; -1 = all
+            cores). Concurrent callers already run in parallel, so 1 suits serving;
+            raise it for bulk loads.
+        write_budget_ms: with copies=1, the length of one exclusive write slice (5.0),
+            i.e. the most a query waits for a writer; None = one slice per write.
         random_seed: hnswlib level-generator seed (100).
 
     String ids map to hnswlib integer labels through a map saved with snapshots.
     Labels are never reused; deleted slots are (``allow_replace_deleted``).
-    See the module docstring for the concurrency scheme.
     """
 
     def __init__(
@@ -298,37 +333,50 @@ class ItemIndex(_VectorIndex):
         ef_construction: int = 200,
         ef: int = 64,
         initial_capacity: int = 1024,
+        copies: int = 2,
         num_threads: int = 1,
         write_budget_ms: float | None = 5.0,
         random_seed: int = 100,
     ) -> None:
         super().__init__(dim)
-        if M < 2 or ef_construction < 1 or ef < 1 or initial_capacity < 1:
+        if M < 2 or ef_construction < 1 or initial_capacity < 1:
             raise ValueError(
-                "need M >= 2, ef_construction >= 1, ef >= 1, initial_capacity >= 1; got "
-                f"M={M}, ef_construction={ef_construction}, ef={ef}, "
-                f"initial_capacity={initial_capacity}"
+                "need M >= 2, ef_construction >= 1, initial_capacity >= 1; got "
+                f"M={M}, ef_construction={ef_construction}, initial_capacity={initial_capacity}"
             )
-        self._hnsw = hnswlib.Index(space="ip", dim=self._dim)
-        self._hnsw.init_index(
+        hnsw = hnswlib.Index(space="ip", dim=self._dim)
+        hnsw.init_index(
             max_elements=int(initial_capacity),
             M=int(M),
             ef_construction=int(ef_construction),
             random_seed=int(random_seed),
             allow_replace_deleted=True,
         )
-        self._label_of: dict[str, int] = {}
-        self._id_of: dict[int, str] = {}
-        self._next_label = 0
-        self._configure(ef, num_threads, write_budget_ms)
+        self._setup(_Graph(hnsw, {}), ef, copies, num_threads, write_budget_ms, next_label=0)
 
-    def _configure(self, ef: int, num_threads: int, write_budget_ms: float | None) -> None:
+    def _setup(
+        self,
+        graph: _Graph,
+        ef: int,
+        copies: int,
+        num_threads: int,
+        write_budget_ms: float | None,
+        next_label: int,
+    ) -> None:
+        if ef < 1:
+            raise ValueError(f"ef must be positive, got {ef}")
         self._ef = int(ef)
-        self._hnsw.set_ef(self._ef)
         self._num_threads = int(num_threads)
-        self._hnsw.set_num_threads(self._num_threads)
-        self.write_budget_ms = write_budget_ms
-        self._seconds_per_item = 1e-3  # first guess; refined from every slice
+        graph.hnsw.set_ef(self._ef)
+        graph.hnsw.set_num_threads(self._num_threads)
+        if copies == 2:
+            self._copies = TwoCopies(graph)
+        elif copies == 1:
+            self._copies = OneCopy(graph, write_budget_ms)
+        else:
+            raise ValueError(f"copies must be 1 or 2, got {copies}")
+        self._write_budget_ms = write_budget_ms
+        self._next_label = next_label
 
     # ---- configuration ----
     @property
@@ -340,88 +388,105 @@ class ItemIndex(_VectorIndex):
     def ef(self, value: int) -> None:
         if value < 1:
             raise ValueError(f"ef must be positive, got {value}")
-        with self._lock.write:
-            self._hnsw.set_ef(int(value))
+        with self._writer:
+            self._copies.write(lambda g, _: g.hnsw.set_ef(int(value)), 0, "ef")
             self._ef = int(value)
             self._version += 1
 
     @property
+    def num_threads(self) -> int:
+        """Threads hnswlib uses inside one add or batch query (-1 = all cores)."""
+        return self._num_threads
+
+    @num_threads.setter
+    def num_threads(self, value: int) -> None:
+        with self._writer:  # read by queries without a lock: an int swap is atomic
+            self._num_threads = int(value)
+
+    @property
+    def copies(self) -> int:
+        """Copies of the graph kept (see the class docstring)."""
+        return self._copies.copies
+
+    @property
     def M(self) -> int:
-        return int(self._hnsw.M)
+        return int(self._copies.latest().hnsw.M)
 
     @property
     def ef_construction(self) -> int:
-        return int(self._hnsw.ef_construction)
+        return int(self._copies.latest().hnsw.ef_construction)
 
     @property
     def capacity(self) -> int:
-        """Allocated slots (live + deleted-but-unreused + free)."""
-        return int(self._hnsw.max_elements)
+        """Allocated slots per copy (live + deleted-but-unreused + free)."""
+        with self._copies.reading() as g:
+            return int(g.hnsw.max_elements)
 
     def nbytes(self) -> int:
-        """Size of the serialized index (hnswlib `index_file_size`)."""
-        with self._lock.read:
-            return int(self._hnsw.index_file_size())
+        """Serialized size of one copy (hnswlib `index_file_size`); memory is ~copies x this."""
+        with self._copies.reading() as g:
+            return int(g.hnsw.index_file_size())
 
     # ---- hooks ----
-    def _live_count(self) -> int:
-        return len(self._label_of)
+    def _count(self, g: _Graph) -> int:
+        return len(g.label_of)
 
-    def _has(self, item_id: str) -> bool:
-        return item_id in self._label_of
+    def _has(self, g: _Graph, item_id: str) -> bool:
+        return item_id in g.label_of
 
-    def _live_ids(self) -> list[str]:
-        return list(self._label_of)
+    def _live_ids(self, g: _Graph) -> list[str]:
+        return list(g.label_of)
 
-    def _vector(self, item_id: str) -> np.ndarray | None:
-        label = self._label_of.get(item_id)
+    def _vector(self, g: _Graph, item_id: str) -> np.ndarray | None:
+        label = g.label_of.get(item_id)
         if label is None:
             return None
-        return np.asarray(self._hnsw.get_items([label]), dtype=np.float32)[0]
+        return np.asarray(g.hnsw.get_items([label]), dtype=np.float32)[0]
 
-    def _query_section(self, ef: int | None) -> contextlib.AbstractContextManager[None]:
+    def _query_section(self, ef: int | None) -> contextlib.AbstractContextManager[_Graph]:
         if ef is None or ef == self._ef:
-            return self._lock.read
-        return self._exclusive_with_ef(ef)
+            return self._copies.reading()
+        return self._private_with_ef(ef)
 
     @contextlib.contextmanager
-    def _exclusive_with_ef(self, ef: int) -> Iterator[None]:
-        with self._lock.write:
-            self._hnsw.set_ef(int(ef))
+    def _private_with_ef(self, ef: int) -> Iterator[_Graph]:
+        with self._writer, self._copies.private() as g:
+            g.hnsw.set_ef(int(ef))
             try:
-                yield
+                yield g
             finally:
-                self._hnsw.set_ef(self._ef)
+                g.hnsw.set_ef(self._ef)
 
-    def _search(self, queries: np.ndarray, fetch: int) -> list[list[Neighbor]]:
-        if fetch >= _SCAN_FRACTION * len(self._label_of):
-            return self._scan(queries, fetch)
+    def _search(self, g: _Graph, queries: np.ndarray, fetch: int) -> list[list[Neighbor]]:
+        if fetch >= _SCAN_FRACTION * len(g.label_of):
+            return self._scan(g, queries, fetch)
         try:
-            labels, dists = self._hnsw.knn_query(queries, k=fetch, num_threads=self._num_threads)
+            labels, dists = g.hnsw.knn_query(queries, k=fetch, num_threads=self._num_threads)
         except RuntimeError:  # hnswlib found fewer than `fetch` (sparse graph after many deletes)
-            return self._scan(queries, fetch)
-        id_of = self._id_of
+            return self._scan(g, queries, fetch)
+        id_of = g.id_of
         return [
             [Neighbor(id_of[lab], 1.0 - d) for lab, d in zip(lrow, drow, strict=True)]
             for lrow, drow in zip(labels.tolist(), dists.tolist(), strict=True)
         ]
 
-    def _scan(self, queries: np.ndarray, fetch: int) -> list[list[Neighbor]]:
+    def _scan(self, g: _Graph, queries: np.ndarray, fetch: int) -> list[list[Neighbor]]:
         """Exact top-`fetch` over every live vector, read back from hnswlib in chunks."""
-        labels = np.fromiter(self._id_of, dtype=np.uint64, count=len(self._id_of))
-        best_scores = np.full((queries.shape[0], 0), -np.inf, dtype=np.float32)
-        best_labels = np.empty((queries.shape[0], 0), dtype=np.uint64)
+        labels = np.fromiter(g.id_of, dtype=np.uint64, count=len(g.id_of))
+        nq = queries.shape[0]
+        best_scores = np.empty((nq, 0), dtype=np.float32)
+        best_labels = np.empty((nq, 0), dtype=np.uint64)
         for start in range(0, labels.size, _SCAN_CHUNK):
             chunk = labels[start : start + _SCAN_CHUNK]
-            vecs = np.asarray(self._hnsw.get_items(chunk), dtype=np.float32)
-            scores = np.concatenate([best_scores, queries @ vecs.T], axis=1)
-            cands = np.concatenate(
-                [best_labels, np.broadcast_to(chunk, (queries.shape[0], chunk.size))], axis=1
+            vectors = np.asarray(g.hnsw.get_items(chunk), dtype=np.float32)
+            scores = np.concatenate([best_scores, queries @ vectors.T], axis=1)
+            candidates = np.concatenate(
+                [best_labels, np.broadcast_to(chunk, (nq, chunk.size))], axis=1
             )
             top = _top_columns(scores, fetch)
             best_scores = np.take_along_axis(scores, top, axis=1)
-            best_labels = np.take_along_axis(cands, top, axis=1)
-        id_of = self._id_of
+            best_labels = np.take_along_axis(candidates, top, axis=1)
+        id_of = g.id_of
         return [
             [Neighbor(id_of[lab], s) for lab, s in zip(lrow, srow, strict=True)]
             for lrow, srow in zip(best_labels.tolist(), best_scores.tolist(), strict=True)
@@ -429,68 +494,44 @@ class ItemIndex(_VectorIndex):
 
     # ---- writes ----
     def _apply_upsert(self, ids: list[str], vectors: np.ndarray) -> None:
-        known = np.fromiter((i in self._label_of for i in ids), dtype=bool, count=len(ids))
-        start = 0
-        while start < len(ids):
-            end = min(len(ids), start + self._slice_rows())
-            self._reserve(int((~known[start:end]).sum()))
-            began = time.perf_counter()
-            with self._lock.write:
-                self._write_slice(ids[start:end], vectors[start:end], known[start:end])
-                self._version += 1
-            elapsed = time.perf_counter() - began
-            # Moving average of the cost per item sizes the next slice.
-            self._seconds_per_item = 0.7 * self._seconds_per_item + 0.3 * elapsed / (end - start)
-            start = end
+        current = self._copies.latest().label_of
+        known = [current.get(i) for i in ids]
+        is_new = np.fromiter((lab is None for lab in known), dtype=bool, count=len(ids))
+        n_new = int(is_new.sum())
+        labels = np.empty(len(ids), dtype=np.uint64)
+        labels[~is_new] = [lab for lab in known if lab is not None]
+        labels[is_new] = np.arange(self._next_label, self._next_label + n_new, dtype=np.uint64)
+        self._next_label += n_new
+        num_threads = self._num_threads
 
-    def _slice_rows(self) -> int:
-        if self.write_budget_ms is None:
-            return 1 << 62
-        return max(1, int(self.write_budget_ms / 1e3 / self._seconds_per_item))
+        def upsert_rows(g: _Graph, rows: slice) -> None:
+            new, lab, vec = is_new[rows], labels[rows], vectors[rows]
+            n = int(new.sum())
+            needed = max(int(g.hnsw.element_count), len(g.label_of) + n)  # new fill holes first
+            if needed > g.hnsw.max_elements:
+                g.hnsw.resize_index(_doubled(int(g.hnsw.max_elements), needed))
+            if n < new.size:  # a live label is updated in place (hnswlib re-links it)
+                g.hnsw.add_items(vec[~new], lab[~new], num_threads=num_threads)
+            if n:
+                g.hnsw.add_items(vec[new], lab[new], num_threads=num_threads, replace_deleted=True)
+                new_ids = [ids[i] for i in np.flatnonzero(new) + rows.start]
+                new_labels = lab[new].tolist()
+                g.label_of.update(zip(new_ids, new_labels, strict=True))
+                g.id_of.update(zip(new_labels, new_ids, strict=True))
 
-    def _reserve(self, new_items: int) -> None:
-        """Double the capacity (in its own exclusive slice) before `new_items` could overflow it.
-
-        New items fill deleted slots first, so slots in use afterwards are
-        max(slots in use now, live + new).
-        """
-        needed = max(int(self._hnsw.element_count), len(self._label_of) + new_items)
-        capacity = self.capacity
-        if needed <= capacity:
-            return
-        while capacity < needed:
-            capacity *= 2
-        with self._lock.write:
-            self._hnsw.resize_index(capacity)
-            self._version += 1
-
-    def _write_slice(self, ids: list[str], vectors: np.ndarray, known: np.ndarray) -> None:
-        if known.any():
-            labels = np.fromiter(
-                (self._label_of[i] for i, k in zip(ids, known, strict=True) if k), dtype=np.uint64
-            )
-            # A live label updates in place (hnswlib re-links its neighbourhood).
-            self._hnsw.add_items(vectors[known], labels, num_threads=self._num_threads)
-        if not known.all():
-            new_ids = [i for i, k in zip(ids, known, strict=True) if not k]
-            labels = np.arange(self._next_label, self._next_label + len(new_ids), dtype=np.uint64)
-            self._hnsw.add_items(
-                vectors[~known], labels, num_threads=self._num_threads, replace_deleted=True
-            )
-            self._next_label += len(new_ids)
-            for item_id, label in zip(new_ids, labels.tolist(), strict=True):
-                self._label_of[item_id] = label
-                self._id_of[label] = item_id
+        self._copies.write(upsert_rows, len(ids), "upsert")
 
     def _apply_delete(self, ids: list[str]) -> int:
-        present = [i for i in ids if i in self._label_of]
-        for start in range(0, len(present), _DELETE_CHUNK):
-            with self._lock.write:
-                for item_id in present[start : start + _DELETE_CHUNK]:
-                    label = self._label_of.pop(item_id)
-                    del self._id_of[label]
-                    self._hnsw.mark_deleted(label)
-                self._version += 1
+        current = self._copies.latest().label_of
+        present = [(i, current[i]) for i in ids if i in current]
+
+        def delete_rows(g: _Graph, rows: slice) -> None:
+            for item_id, label in present[rows]:
+                g.hnsw.mark_deleted(label)
+                del g.label_of[item_id]
+                del g.id_of[label]
+
+        self._copies.write(delete_rows, len(present), "delete")
         return len(present)
 
     # ---- snapshots ----
@@ -504,56 +545,64 @@ class ItemIndex(_VectorIndex):
         while it runs; writes wait.
         """
         offsets_json = {str(tp): int(off) for tp, off in offsets.items()}
-        with self._writer:  # no write can change the index or the maps meanwhile
+        with self._writer:  # nothing changes the published copy meanwhile
+            g = self._copies.latest()
             manifest = {
                 "format": _SNAPSHOT_FORMAT,
                 "format_version": _SNAPSHOT_FORMAT_VERSION,
                 "dim": self._dim,
                 "space": "ip",
-                "M": self.M,
-                "ef_construction": self.ef_construction,
+                "M": int(g.hnsw.M),
+                "ef_construction": int(g.hnsw.ef_construction),
                 "ef": self._ef,
+                "copies": self.copies,
                 "num_threads": self._num_threads,
-                "write_budget_ms": self.write_budget_ms,
-                "capacity": self.capacity,
-                "live": len(self._label_of),
+                "write_budget_ms": self._write_budget_ms,
+                "capacity": int(g.hnsw.max_elements),
+                "live": len(g.label_of),
                 "next_label": self._next_label,
                 "version": self._version,
                 "offsets": offsets_json,
             }
 
             def write_files(tmp: Path) -> None:
-                self._hnsw.save_index(str(tmp / _INDEX_FILE))
-                labels = {"ids": list(self._label_of), "labels": list(self._label_of.values())}
+                g.hnsw.save_index(str(tmp / _INDEX_FILE))
+                labels = {"ids": list(g.label_of), "labels": list(g.label_of.values())}
                 (tmp / _LABELS_FILE).write_text(json.dumps(labels), encoding="utf-8")
 
             return write_snapshot(Path(directory), write_files, manifest, keep=keep)
 
     @classmethod
-    def restore(cls, directory: str | Path) -> tuple[ItemIndex, dict[str, int]] | None:
+    def restore(
+        cls, directory: str | Path, *, copies: int | None = None
+    ) -> tuple[ItemIndex, dict[str, int]] | None:
         """Load the newest intact snapshot under `directory` (or `directory` itself).
 
-        Returns ``(index, offsets)``; a corrupt or half-written generation is skipped
-        with a warning (an older intact one is used instead), and None with a warning
-        means no usable snapshot: replay the topic from the start.
+        Returns ``(index, offsets)``: replay the topics from those offsets. A corrupt or
+        half-written generation is skipped with a warning (an older intact one is used
+        instead); None, with a warning, means no usable snapshot: replay from the start.
+        `copies` overrides the saved setting.
         """
         for path, manifest in iter_snapshots(Path(directory)):
             try:
-                return cls._load(path, manifest)
+                return cls._load(path, manifest, copies)
             except (SnapshotError, OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
                 log.warning("ignoring item-index snapshot %s: %s", path, exc)
         log.warning("no usable item-index snapshot under %s; full replay needed", directory)
         return None
 
     @classmethod
-    def _load(cls, path: Path, manifest: Mapping[str, Any]) -> tuple[ItemIndex, dict[str, int]]:
+    def _load(
+        cls, path: Path, manifest: Mapping[str, Any], copies: int | None
+    ) -> tuple[ItemIndex, dict[str, int]]:
         if manifest.get("format") != _SNAPSHOT_FORMAT or manifest.get("format_version") != 1:
             raise SnapshotError(f"unknown format {manifest.get('format')!r}")
         labels = json.loads((path / _LABELS_FILE).read_text(encoding="utf-8"))
         ids, label_list = labels["ids"], [int(x) for x in labels["labels"]]
         if len(ids) != len(label_list) or len(ids) != manifest["live"]:
             raise SnapshotError("label map does not match the manifest")
-        if len(set(ids)) != len(ids) or len(set(label_list)) != len(label_list):
+        label_of = dict(zip(ids, label_list, strict=True))
+        if len(label_of) != len(ids) or len(set(label_list)) != len(label_list):
             raise SnapshotError("label map has duplicates")
         next_label = int(manifest["next_label"])
         if label_list and max(label_list) >= next_label:
@@ -561,94 +610,111 @@ class ItemIndex(_VectorIndex):
 
         index = cls.__new__(cls)
         _VectorIndex.__init__(index, int(manifest["dim"]))
-        index._hnsw = hnswlib.Index(space="ip", dim=index._dim)
-        index._hnsw.load_index(str(path / _INDEX_FILE), allow_replace_deleted=True)
-        if not set(label_list) <= set(index._hnsw.get_ids_list()):
+        hnsw = hnswlib.Index(space="ip", dim=index._dim)
+        hnsw.load_index(str(path / _INDEX_FILE), allow_replace_deleted=True)
+        if not set(label_list) <= set(hnsw.get_ids_list()):
             raise SnapshotError("label map names labels the index does not hold")
-        index._label_of = dict(zip(ids, label_list, strict=True))
-        index._id_of = dict(zip(label_list, ids, strict=True))
-        index._next_label = next_label
-        index._version = int(manifest["version"])
-        index._configure(
-            int(manifest["ef"]), int(manifest["num_threads"]), manifest["write_budget_ms"]
+        index._setup(
+            _Graph(hnsw, label_of),
+            int(manifest["ef"]),
+            int(copies if copies is not None else manifest["copies"]),
+            int(manifest["num_threads"]),
+            manifest["write_budget_ms"],
+            next_label,
         )
+        index._version = int(manifest["version"])
         offsets = {str(tp): int(off) for tp, off in manifest["offsets"].items()}
         return index, offsets
 
 
-class ExactIndex(_VectorIndex):
+class _Rows:
+    """ExactIndex state: unit vectors in rows [0, len(ids)) of a growing matrix."""
+
+    __slots__ = ("ids", "matrix", "row_of")
+
+    def __init__(self, dim: int, capacity: int) -> None:
+        self.matrix = np.zeros((max(1, capacity), dim), dtype=np.float32)
+        self.ids: list[str] = []
+        self.row_of: dict[str, int] = {}
+
+
+class ExactIndex(_VectorIndex[_Rows]):
     """Brute-force cosine k-NN (numpy matmul + argpartition), same interface as `ItemIndex`.
 
     The recall baseline, and fine on its own for catalogs up to ~1e5 items.
     `initial_capacity` rows (1024) are allocated up front and doubled as needed;
-    `ef` is accepted and ignored.
+    `ef` is accepted and ignored. Shared under a reader/writer lock (`OneCopy`).
     """
 
     def __init__(self, dim: int, *, initial_capacity: int = 1024) -> None:
         super().__init__(dim)
-        self._matrix = np.zeros((max(1, int(initial_capacity)), self._dim), dtype=np.float32)
-        self._ids: list[str] = []
-        self._row_of: dict[str, int] = {}
+        self._copies = OneCopy(_Rows(self._dim, int(initial_capacity)))
 
-    def _live_count(self) -> int:
-        return len(self._ids)
+    def _count(self, s: _Rows) -> int:
+        return len(s.ids)
 
-    def _has(self, item_id: str) -> bool:
-        return item_id in self._row_of
+    def _has(self, s: _Rows, item_id: str) -> bool:
+        return item_id in s.row_of
 
-    def _live_ids(self) -> list[str]:
-        return list(self._ids)
+    def _live_ids(self, s: _Rows) -> list[str]:
+        return list(s.ids)
 
-    def _vector(self, item_id: str) -> np.ndarray | None:
-        row = self._row_of.get(item_id)
-        return None if row is None else self._matrix[row].copy()
+    def _vector(self, s: _Rows, item_id: str) -> np.ndarray | None:
+        row = s.row_of.get(item_id)
+        return None if row is None else s.matrix[row].copy()
 
-    def _search(self, queries: np.ndarray, fetch: int) -> list[list[Neighbor]]:
-        matrix = self._matrix[: len(self._ids)]
-        ids = self._ids
+    def _search(self, s: _Rows, queries: np.ndarray, fetch: int) -> list[list[Neighbor]]:
+        matrix, ids = s.matrix[: len(s.ids)], s.ids
         out: list[list[Neighbor]] = []
         for start in range(0, queries.shape[0], _QUERY_CHUNK):
             scores = queries[start : start + _QUERY_CHUNK] @ matrix.T
             top = _top_columns(scores, fetch)
-            for rows, srow in zip(
-                top.tolist(), np.take_along_axis(scores, top, axis=1).tolist(), strict=True
-            ):
-                out.append([Neighbor(ids[r], s) for r, s in zip(rows, srow, strict=True)])
+            top_scores = np.take_along_axis(scores, top, axis=1)
+            for rows, srow in zip(top.tolist(), top_scores.tolist(), strict=True):
+                out.append([Neighbor(ids[r], sc) for r, sc in zip(rows, srow, strict=True)])
         return out
 
     def _apply_upsert(self, ids: list[str], vectors: np.ndarray) -> None:
-        rows = np.fromiter((self._row_of.get(i, -1) for i in ids), dtype=np.intp, count=len(ids))
-        new = rows < 0
-        with self._lock.write:
-            self._matrix[rows[~new]] = vectors[~new]
-            n, added = len(self._ids), int(new.sum())
-            if n + added > self._matrix.shape[0]:
-                grown = np.zeros((max(2 * self._matrix.shape[0], n + added), self._dim), np.float32)
-                grown[:n] = self._matrix[:n]
-                self._matrix = grown
-            self._matrix[n : n + added] = vectors[new]
-            for offset, item_id in enumerate(
-                i for i, is_new in zip(ids, new, strict=True) if is_new
-            ):
-                self._row_of[item_id] = n + offset
-                self._ids.append(item_id)
-            self._version += 1
+        current = self._copies.latest().row_of
+        rows = np.fromiter((current.get(i, -1) for i in ids), dtype=np.intp, count=len(ids))
+
+        def upsert_rows(s: _Rows, part: slice) -> None:
+            r, v = rows[part], vectors[part]
+            new = r < 0
+            s.matrix[r[~new]] = v[~new]
+            n, added = len(s.ids), int(new.sum())
+            if n + added > s.matrix.shape[0]:
+                grown = np.zeros((_doubled(s.matrix.shape[0], n + added), self._dim), np.float32)
+                grown[:n] = s.matrix[:n]
+                s.matrix = grown
+            s.matrix[n : n + added] = v[new]
+            new_ids = [ids[i] for i in np.flatnonzero(new) + part.start]
+            s.row_of.update(zip(new_ids, range(n, n + added), strict=True))
+            s.ids.extend(new_ids)
+
+        self._copies.write(upsert_rows, len(ids), "upsert")
 
     def _apply_delete(self, ids: list[str]) -> int:
-        removed = 0
-        with self._lock.write:
-            for item_id in ids:
-                row = self._row_of.pop(item_id, None)
-                if row is None:
-                    continue
-                last_id = self._ids.pop()
+        current = self._copies.latest().row_of
+        present = [i for i in ids if i in current]
+
+        def delete_rows(s: _Rows, part: slice) -> None:
+            for item_id in present[part]:
+                row = s.row_of.pop(item_id)
+                last_id = s.ids.pop()
                 if last_id != item_id:  # move the last row into the hole
-                    self._matrix[row] = self._matrix[len(self._ids)]
-                    self._ids[row] = last_id
-                    self._row_of[last_id] = row
-                removed += 1
-            self._version += 1
-        return removed
+                    s.matrix[row] = s.matrix[len(s.ids)]
+                    s.ids[row] = last_id
+                    s.row_of[last_id] = row
+
+        self._copies.write(delete_rows, len(present), "delete")
+        return len(present)
+
+
+def _doubled(capacity: int, needed: int) -> int:
+    while capacity < needed:
+        capacity *= 2
+    return capacity
 
 
 def _top_columns(scores: np.ndarray, k: int) -> np.ndarray:

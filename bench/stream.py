@@ -1,0 +1,225 @@
+"""End-to-end events/s through broker + interests worker, beside faust's bare consume loop.
+
+1. Pre-load N engagements (and item embeddings, dim 384) into the embedded broker.
+2. Run a bare faust agent that only consumes the same topic (``take_events``, count): its
+   events/s is the ceiling for any faust worker here.
+3. Run the real interests worker (a process, as deployed) and time first -> last event applied
+   (from its Prometheus counter).
+4. Freshness: with the worker caught up, publish engagements at a steady rate and time each
+   one from publish to its ``user-interests`` record (carrying its event id) being readable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import emit, parse_args, percentile_ms, progress
+from streams.broker import EmbeddedBroker, free_port
+from streams.publish import Publisher
+from streams.schemas import Engagement, ItemEmbedding
+from streams.settings import KafkaSettings
+from streams.topics import ENGAGEMENTS, ITEM_EMBEDDINGS, USER_INTERESTS, ensure_topics
+
+DIM = 384
+FAST_GROUPS = {
+    "RECSTREAM_KAFKA_SESSION_TIMEOUT_MS": "6000",
+    "RECSTREAM_KAFKA_REBALANCE_TIMEOUT_MS": "6000",
+}
+
+
+def bare_agent(bootstrap: str, n: int, app_id: str, datadir: str) -> None:
+    """Subprocess mode: a faust agent that only consumes; prints first->last seconds."""
+    import faust
+
+    app = faust.App(
+        app_id, broker=f"kafka://{bootstrap}", store="memory://", datadir=datadir,
+        broker_rebalance_timeout=6.0, broker_session_timeout=6.0, broker_heartbeat_interval=1.0,
+        consumer_auto_offset_reset="earliest", web_enabled=False, stream_wait_empty=False,
+    )
+    topic = app.topic(ENGAGEMENTS.name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                      value_serializer="raw", partitions=ENGAGEMENTS.partitions)
+    state = {"seen": 0, "t0": 0.0}
+
+    @app.agent(topic)
+    async def consume(stream):  # type: ignore[no-untyped-def]
+        async for events in stream.take_events(2000, within=0.02):
+            if not state["seen"]:
+                state["t0"] = time.perf_counter()
+            state["seen"] += len(events)
+            if state["seen"] >= n:
+                print(json.dumps({"seconds": time.perf_counter() - state["t0"]}), flush=True)
+                os._exit(0)
+
+    worker = faust.Worker(app, loglevel="error", quiet=True)
+    worker.execute_from_commandline()
+
+
+def make_events(n: int, users: int, items: int, start_ts: int, seed: int) -> list[Engagement]:
+    rng = np.random.default_rng(seed)
+    us = rng.integers(0, users, size=n)
+    its = rng.integers(0, items, size=n)
+    return [
+        Engagement(event_id=f"s{seed}-{i}", user_id=f"u{us[i]}", item_id=f"i{its[i]}",
+                   action="click", ts=start_ts + i)
+        for i in range(n)
+    ]
+
+
+def applied_events(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("recstream_interest_events_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def measure_freshness(
+    settings: KafkaSettings, rate: float, seconds: float, users: int, items: int
+) -> list[float]:
+    """Publish at ``rate``/s; return publish -> user-interests-visible latencies (s)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(**settings.kafka_python(), enable_auto_commit=False,
+                             fetch_max_wait_ms=10)
+    tps = [TopicPartition(USER_INTERESTS.name, p) for p in range(USER_INTERESTS.partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_end(*tps)
+    for tp in tps:
+        consumer.position(tp)
+    sent: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            for records in consumer.poll(timeout_ms=50).values():
+                now = time.perf_counter()
+                for m in records:
+                    if m.value:
+                        eid = json.loads(m.value).get("last_event_id")
+                        if eid in sent and eid not in seen:
+                            seen[eid] = now
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    n = int(rate * seconds)
+    events = make_events(n, users, items, 1_800_000_000_000, seed=99)
+    with Publisher(settings, linger_ms=0) as pub:
+        t0 = time.perf_counter()
+        for i, ev in enumerate(events):
+            due = t0 + i / rate
+            while time.perf_counter() < due:
+                time.sleep(max(0.0, min(due - time.perf_counter(), 0.001)))
+            sent[ev.event_id] = time.perf_counter()
+            pub.publish(ev)
+            if i % 20 == 0:
+                pub.flush()
+    deadline = time.perf_counter() + 10
+    # A user's record names only the last event of its batch: wait for those.
+    last_per_user = {ev.user_id: ev.event_id for ev in events}
+    while time.perf_counter() < deadline and not all(e in seen for e in last_per_user.values()):
+        time.sleep(0.05)
+    done.set()
+    reader.join()
+    consumer.close()
+    return [seen[e] - sent[e] for e in sent if e in seen]
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--bare-agent":
+        bare_agent(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
+        return
+    args = parse_args(__doc__ or "")
+    n = 20_000 if args.quick else 200_000
+    users, items = (2_000, 2_000) if args.quick else (10_000, 20_000)
+    fresh_s = 5.0 if args.quick else 15.0
+    tmp = Path(tempfile.mkdtemp(prefix="bench-stream-"))
+    env = {**os.environ, **FAST_GROUPS}
+    with EmbeddedBroker() as broker:
+        settings = broker.settings()
+        ensure_topics(settings)
+        progress(f"publishing {items} item embeddings (dim {DIM}) and {n} engagements")
+        rng = np.random.default_rng(0)
+        vecs = rng.normal(size=(items, DIM)).astype(np.float32)
+        with Publisher(settings) as pub:
+            for i in range(items):
+                rec = ItemEmbedding.from_vector(f"i{i}", vecs[i], encoder_version="bench",
+                                                source_ts=0)
+                pub.send(ITEM_EMBEDDINGS.name, rec.to_json(), key=rec.key)
+            pub.publish_many(make_events(n, users, items, 1_700_000_000_000, seed=1))
+
+        progress("bare faust agent (consume only)")
+        bare = subprocess.run(
+            [sys.executable, __file__, "--bare-agent", broker.bootstrap_servers, str(n),
+             "bench-bare", str(tmp / "bare")],
+            env=env, capture_output=True, text=True, timeout=600,
+        )
+        bare_s = json.loads(bare.stdout.strip().splitlines()[-1])["seconds"]
+
+        progress("interests worker")
+        port = free_port()
+        log = open(tmp / "worker.log", "wb")  # noqa: SIM115
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "serving.cli", "worker", "interests", "--bootstrap-servers",
+             broker.bootstrap_servers, "--data-dir", str(tmp / "worker"),
+             "--metrics-port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            t_first = t_last = 0.0
+            deadline = time.monotonic() + 900
+            while time.monotonic() < deadline:
+                try:
+                    done = applied_events(port)
+                except OSError:
+                    done = 0.0
+                now = time.perf_counter()
+                if done and not t_first:
+                    t_first = now
+                if done >= n:
+                    t_last = now
+                    break
+                if worker.poll() is not None:
+                    raise RuntimeError(f"worker exited; see {tmp / 'worker.log'}")
+                time.sleep(0.02)
+            if not t_last:
+                raise RuntimeError("worker did not finish in time")
+            worker_s = t_last - t_first
+            progress(f"freshness at 1000 events/s for {fresh_s:.0f} s")
+            latencies = measure_freshness(settings, 1000.0, fresh_s, users, items)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+    emit(
+        {
+            "bench": "stream",
+            "quick": args.quick,
+            "events": n,
+            "worker_eps": round(n / worker_s),
+            "bare_eps": round(n / bare_s),
+            "ratio_worker_vs_bare": round(bare_s / worker_s, 3),
+            "freshness_p50_ms": percentile_ms(latencies, 50),
+            "freshness_p99_ms": percentile_ms(latencies, 99),
+            "freshness_samples": len(latencies),
+            "users": users,
+            "dim": DIM,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()

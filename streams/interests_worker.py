@@ -1,0 +1,485 @@
+"""The interests worker: ``engagements`` -> per-user ``InterestClusters`` -> ``user-interests``.
+
+One faust app (``recstream worker interests``):
+
+- **agent on engagements** (keyed by user): takes events in batches, groups them by user,
+  applies them to the user's ``InterestClusters`` with one item-vector lookup per batch, writes
+  the user's state once per batch to the ``interests`` table (rocksdb store, changelog-backed)
+  and publishes the user's interests to the compacted ``user-interests`` topic.
+- **item feed** (a task): every worker reads *all* partitions of ``item-embeddings`` into a
+  local RocksDB item store (with an LRU in front), so any worker can look up any item. The
+  agent starts only once the feed has caught up with the topic ends seen at start.
+- **parking**: an engagement whose item has no embedding yet is parked in the ``parked`` table
+  (bounded per user, persisted through its changelog). When the embedding arrives, the feed
+  re-publishes the parked events to ``engagements`` (same key, same event id), and the agent
+  applies them like any other event. Idempotence by event id makes every redelivery harmless.
+- ``item_deleted`` reaches this worker as a tombstone on ``item-embeddings``: the item leaves
+  the item store and joins a deleted set; each user's state drops deleted items **lazily, at the
+  user's next event** (the serving side never returns deleted items in any case).
+- ``user_deleted`` empties the user's state and publishes a tombstone to ``user-interests``.
+- Bad messages go to ``dead-letters`` with the reason.
+
+Guarantee: at-least-once from Kafka (faust commits offsets after the producer flushed the
+changelog and outputs), exactly-once in effect because the engine skips event ids it applied.
+Table writes need faust's "current event" (it picks the changelog partition from it); a batch
+from ``take_events`` has none, so the agent sets it to the user's last event before writing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from stores.kv import CachedItemVectors, StateDB
+from streams.interests import InterestClusters, InterestConfig
+from streams.schemas import (
+    Engagement,
+    InterestSummary,
+    InvalidEvent,
+    ItemEmbedding,
+    UserDeleted,
+    UserInterests,
+    decode_for_topic,
+)
+from streams.settings import KafkaSettings
+from streams.topics import DEAD_LETTERS, ENGAGEMENTS, ITEM_EMBEDDINGS, USER_INTERESTS
+
+log = logging.getLogger(__name__)
+
+APP_ID = "recstream-interests"
+
+
+@dataclass(frozen=True)
+class InterestsWorkerConfig:
+    """Tunables of the interests worker (defaults suit the embedded broker and production)."""
+
+    app_id: str = APP_ID
+    data_dir: Path = Path("data/interests-worker")
+    batch_size: int = 2000
+    batch_within_s: float = 0.02
+    state_cache_users: int = 20_000
+    item_cache_vectors: int = 100_000
+    max_parked_per_user: int = 1_000
+    published_interests: int = 10
+    published_members: int = 5
+    include_state: bool = True
+    commit_interval_s: float = 1.0
+    metrics_port: int | None = None
+    engine: InterestConfig = field(default_factory=InterestConfig)
+
+
+class WorkerMetrics:
+    """Prometheus metrics of the interests worker."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.events = Counter(
+            "recstream_interest_events_total", "Engagement events processed", ["outcome"],
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "recstream_interest_dead_letters_total", "Messages sent to dead-letters",
+            registry=registry,
+        )
+        self.parked = Gauge(
+            "recstream_interest_parked_events", "Engagements waiting for their item's embedding",
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "recstream_interest_consumer_lag", "Engagements not yet consumed (sum over partitions)",
+            registry=registry,
+        )
+        self.update_latency = Histogram(
+            "recstream_interest_update_seconds", "Time to apply one batch of one user's events",
+            buckets=(1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0), registry=registry,
+        )
+        self.items = Gauge(
+            "recstream_interest_item_vectors", "Item embeddings known to this worker",
+            registry=registry,
+        )
+
+
+class ItemFeed:
+    """Materializes all of ``item-embeddings`` into a local item store (every worker has all)."""
+
+    def __init__(self, settings: KafkaSettings, db: StateDB, cache_size: int) -> None:
+        self.settings = settings
+        self.db = db
+        self.vectors = CachedItemVectors(db.items, capacity=cache_size)
+        # Deleted since this process started; states restored later drop deleted items anyway,
+        # because their vectors are gone from the store.
+        self.deleted: set[str] = set()
+        self.ready = asyncio.Event()
+        self.arrived: list[str] = []  # item ids that got an embedding since last drained
+
+    def lookup(self, ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        return self.vectors.vectors(ids)
+
+    async def run(self) -> None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        consumer = AIOKafkaConsumer(
+            **self.settings.aiokafka(), enable_auto_commit=False, group_id=None
+        )
+        await consumer.start()
+        try:
+            parts = consumer.partitions_for_topic(ITEM_EMBEDDINGS.name)
+            while not parts:
+                await consumer._client.force_metadata_update()  # noqa: SLF001
+                parts = consumer.partitions_for_topic(ITEM_EMBEDDINGS.name)
+            tps = [TopicPartition(ITEM_EMBEDDINGS.name, p) for p in sorted(parts)]
+            consumer.assign(tps)
+            stored = self.db.offsets.load()
+            for tp in tps:
+                offset = stored.get(f"{tp.topic}:{tp.partition}")
+                if offset is None:
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, offset)
+            end = await consumer.end_offsets(tps)
+            if all((await consumer.position(tp)) >= end[tp] for tp in tps):
+                self.ready.set()
+            while True:
+                batch = await consumer.getmany(timeout_ms=200, max_records=5000)
+                for tp, records in batch.items():
+                    self._apply(tp.topic, tp.partition, records)
+                if not self.ready.is_set() and all(
+                    (await consumer.position(tp)) >= end[tp] for tp in tps
+                ):
+                    log.info("item feed caught up: %d item vectors", len(self.db.items))
+                    self.ready.set()
+        finally:
+            await consumer.stop()
+
+    def _apply(self, topic: str, partition: int, records: Iterable[Any]) -> None:
+        latest: dict[str, ItemEmbedding | None] = {}  # None = deleted; later records win
+        last = -1
+        for m in records:
+            last = m.offset
+            if not m.key:
+                continue
+            if m.value is None:
+                latest[m.key.decode()] = None
+                continue
+            try:
+                rec = decode_for_topic(topic, m.value)
+                rec.array()  # checks the vector against its dim
+            except InvalidEvent as exc:
+                log.warning("skipping bad item embedding at %s[%d]@%d: %s", topic, partition,
+                            m.offset, exc.reason)
+                continue
+            latest[rec.item_id] = rec
+        if last < 0:
+            return
+        puts = [r for r in latest.values() if r is not None]
+        gone = [i for i, r in latest.items() if r is None]
+        with self.db.batch() as batch:
+            if puts:
+                self.db.items.put_many(
+                    [r.item_id for r in puts],
+                    np.stack([r.array() for r in puts]),
+                    encoder_version=[r.encoder_version for r in puts],
+                    ts=[r.source_ts for r in puts],
+                    batch=batch,
+                )
+            if gone:
+                self.db.items.delete(gone, batch=batch)
+            self.db.offsets.commit({f"{topic}:{partition}": last + 1}, batch=batch)
+        self.vectors.invalidate(latest)
+        self.deleted.difference_update(r.item_id for r in puts)
+        self.deleted.update(gone)
+        self.arrived.extend(r.item_id for r in puts)
+
+
+class InterestsWorker:
+    """The faust app and the logic of its agents (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        config: InterestsWorkerConfig | None = None,
+        *,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        import faust
+
+        self.settings = settings
+        self.config = config or InterestsWorkerConfig()
+        self.metrics = metrics or WorkerMetrics()
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.app = faust.App(
+            cfg.app_id,
+            broker=settings.faust_broker(),
+            broker_credentials=settings.faust_credentials(),
+            store="rocksdb://",
+            datadir=str(cfg.data_dir / "faust"),
+            topic_partitions=ENGAGEMENTS.partitions,
+            broker_session_timeout=settings.session_timeout_ms / 1000,
+            broker_rebalance_timeout=settings.rebalance_timeout_ms / 1000,
+            broker_heartbeat_interval=max(settings.session_timeout_ms / 4000, 0.1),
+            broker_commit_interval=cfg.commit_interval_s,
+            consumer_auto_offset_reset="earliest",
+            table_standby_replicas=0,
+            producer_linger_ms=5,
+            web_enabled=False,
+            stream_wait_empty=False,
+        )
+        raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
+               "value_serializer": "raw"}
+        self.engagements = self.app.topic(ENGAGEMENTS.name, partitions=ENGAGEMENTS.partitions,
+                                          **raw)
+        self.user_interests = self.app.topic(USER_INTERESTS.name, **raw)
+        self.dead_letter_topic = self.app.topic(DEAD_LETTERS.name, **raw)
+        table_opts = {"partitions": ENGAGEMENTS.partitions, "key_type": str, "value_type": bytes,
+                      "value_serializer": "raw", "key_serializer": "raw"}
+        self.states = self.app.Table("interests", **table_opts)
+        self.parked = self.app.Table("parked", **table_opts)
+        self.items_db = StateDB(cfg.data_dir / "items")
+        self.feed = ItemFeed(settings, self.items_db, cfg.item_cache_vectors)
+        self._cache: OrderedDict[str, InterestClusters] = OrderedDict()
+        self._parked_index: dict[str, set[str]] | None = None
+        self._parked_count = 0
+        self.app.agent(self.engagements, name="interests")(self._agent)
+        self.app.task(self._feed_task)
+        self.app.timer(2.0)(self._housekeeping)
+        self.app.on_partitions_revoked.connect(self._on_revoked)
+
+    # -- faust wiring -------------------------------------------------------------------
+
+    async def _feed_task(self) -> None:
+        await self.feed.run()
+
+    async def _on_revoked(self, app: Any, revoked: Any, **kwargs: Any) -> None:
+        # Another worker may own these users next: forget what we cached about them.
+        self._cache.clear()
+        self._parked_index = None
+
+    async def _agent(self, stream: Any) -> None:
+        await self.feed.ready.wait()
+        async for events in stream.take_events(self.config.batch_size,
+                                               within=self.config.batch_within_s):
+            await self.process(events)
+
+    async def _housekeeping(self) -> None:
+        await self._republish_arrived()
+        self._update_lag()
+        self.metrics.items.set(len(self.items_db.items))
+
+    # -- processing ---------------------------------------------------------------------
+
+    async def process(self, events: Sequence[Any]) -> None:
+        """Apply one batch of engagement-topic events (faust ``Event`` objects)."""
+        from faust.streams import _current_event
+
+        per_user: OrderedDict[str, list[tuple[Any, Any]]] = OrderedDict()
+        for ev in events:
+            msg = ev.message
+            try:
+                decoded = decode_for_topic(ENGAGEMENTS.name, ev.value)
+            except InvalidEvent as exc:
+                await self._dead_letter(ev.value, exc.reason, msg.partition, msg.offset, msg.key)
+                continue
+            per_user.setdefault(decoded.user_id, []).append((ev, decoded))
+        if not per_user:
+            return
+        item_ids = list(
+            dict.fromkeys(d.item_id for evs in per_user.values() for _, d in evs
+                          if isinstance(d, Engagement))
+        )
+        found, matrix = self.feed.lookup(item_ids)
+        vectors = dict(zip(found, matrix, strict=True))
+        for user_id, user_events in per_user.items():
+            started = time.perf_counter()
+            _current_event.set(weakref.ref(user_events[-1][0]))
+            await self._apply_user(user_id, [d for _, d in user_events], vectors)
+            self.metrics.update_latency.observe(time.perf_counter() - started)
+
+    async def _apply_user(
+        self, user_id: str, events: list[Any], vectors: dict[str, np.ndarray]
+    ) -> None:
+        state = self._state(user_id)
+        parked = self._parked_of(user_id)
+        parked_before = len(parked)
+        deleted_user = False
+        changed = False
+        for ev in events:
+            if isinstance(ev, UserDeleted):
+                state.forget()
+                parked.clear()
+                deleted_user, changed = True, True
+                self.metrics.events.labels("user_deleted").inc()
+                continue
+            deleted_user = False
+            vec = vectors.get(ev.item_id)
+            parked.pop(ev.event_id, None)
+            if vec is None:
+                if len(parked) >= self.config.max_parked_per_user:
+                    oldest_id = next(iter(parked))
+                    raw = parked.pop(oldest_id).encode()
+                    await self._dead_letter(raw, "parked too long: the item never got an "
+                                            "embedding within the per-user parking bound",
+                                            None, None, user_id.encode())
+                parked[ev.event_id] = ev.to_json().decode()
+                self._index_parked(ev.item_id, user_id)
+                self.metrics.events.labels("parked").inc()
+                continue
+            if state.learn_one(ev, vec):
+                changed = True
+                self.metrics.events.labels("applied").inc()
+            else:
+                self.metrics.events.labels("duplicate").inc()
+        # Lazy deletes: items deleted since this user's state last saw them.
+        if self.feed.deleted:
+            for item_id in [i for i in state.seen_items if i in self.feed.deleted]:
+                changed = state.forget_item(item_id) or changed
+        if len(parked) != parked_before or parked:
+            self._parked_count += len(parked) - parked_before
+            self.metrics.parked.set(max(self._parked_count, 0))
+            if parked:
+                self.parked[user_id] = json.dumps(parked).encode()
+            elif user_id in self.parked:
+                del self.parked[user_id]
+        if not changed:
+            return
+        if deleted_user or state.n_actions == 0:
+            if user_id in self.states:
+                del self.states[user_id]
+            self._cache.pop(user_id, None)
+            await self.user_interests.send(key=user_id.encode(), value=None)
+            return
+        blob = state.to_bytes()
+        self.states[user_id] = blob
+        await self.user_interests.send(
+            key=user_id.encode(), value=self.interests_record(user_id, state, blob).to_json()
+        )
+
+    def interests_record(
+        self, user_id: str, state: InterestClusters, blob: bytes | None = None
+    ) -> UserInterests:
+        import base64
+
+        now = state.last_ts
+        top = state.top_medoids(self.config.published_interests, now)
+        return UserInterests(
+            user_id=user_id,
+            interests=[
+                InterestSummary(
+                    medoid=i.medoid,
+                    importance=float(i.importance),
+                    size=int(i.size),
+                    members=list(i.members[: self.config.published_members]),
+                )
+                for i in top
+            ],
+            n_actions=state.n_actions,
+            last_event_id=state.last_event_id,
+            last_event_ts=now,
+            updated_ms=int(time.time() * 1000),
+            state=base64.b64encode(blob or state.to_bytes()).decode()
+            if self.config.include_state
+            else None,
+        )
+
+    def _state(self, user_id: str) -> InterestClusters:
+        state = self._cache.get(user_id)
+        if state is not None:
+            self._cache.move_to_end(user_id)
+            return state
+        blob = self.states.get(user_id)
+        if blob is None:
+            state = InterestClusters(self.config.engine)
+        else:
+            state = InterestClusters.from_bytes(blob, self.feed.lookup, config=self.config.engine)
+        self._cache[user_id] = state
+        while len(self._cache) > self.config.state_cache_users:
+            self._cache.popitem(last=False)
+        return state
+
+    def _parked_of(self, user_id: str) -> dict[str, str]:
+        blob = self.parked.get(user_id)
+        return json.loads(blob) if blob else {}
+
+    def _index_parked(self, item_id: str, user_id: str) -> None:
+        if self._parked_index is not None:
+            self._parked_index.setdefault(item_id, set()).add(user_id)
+
+    def _rebuild_parked_index(self) -> dict[str, set[str]]:
+        index: dict[str, set[str]] = {}
+        count = 0
+        for user_id, blob in self.parked.items():
+            for raw in json.loads(blob).values():
+                index.setdefault(json.loads(raw)["item_id"], set()).add(user_id)
+                count += 1
+        self._parked_count = count
+        self.metrics.parked.set(count)
+        return index
+
+    async def _republish_arrived(self) -> None:
+        """Send parked events whose item now has an embedding back to ``engagements``."""
+        if not self.feed.ready.is_set():
+            return
+        if self._parked_index is None:
+            self._parked_index = self._rebuild_parked_index()
+            # After a restart, embeddings may have arrived while we were down.
+            self.feed.arrived.extend(i for i in self._parked_index if i in self.feed.vectors.store)
+        arrived, self.feed.arrived = self.feed.arrived, []
+        for item_id in dict.fromkeys(arrived):
+            for user_id in sorted(self._parked_index.pop(item_id, ())):
+                for raw in self._parked_of(user_id).values():
+                    if json.loads(raw)["item_id"] == item_id:
+                        await self.engagements.send(key=user_id.encode(), value=raw.encode())
+
+    async def _dead_letter(
+        self, raw: bytes | None, reason: str, partition: int | None, offset: int | None,
+        key: bytes | None,
+    ) -> None:
+        from streams.deadletters import dead_letter
+
+        letter = dead_letter(raw, reason, source_topic=ENGAGEMENTS.name, partition=partition,
+                             offset=offset, key=key, rejected_by="interests-worker")
+        log.warning("dead-lettered %s[%s]@%s: %s", ENGAGEMENTS.name, partition, offset, reason)
+        await self.dead_letter_topic.send(key=ENGAGEMENTS.name.encode(),
+                                          value=letter.model_dump_json().encode())
+        self.metrics.dead_letters.inc()
+
+    def _update_lag(self) -> None:
+        consumer = self.app.consumer
+        lag = 0
+        try:
+            for tp in consumer.assignment():
+                if tp.topic != ENGAGEMENTS.name:
+                    continue
+                high = consumer.highwater(tp)
+                pos = consumer._last_offset.get(tp)  # noqa: SLF001 (faust keeps no public one)
+                if high is not None and pos is not None:
+                    lag += max(high - pos - 1, 0)
+        except Exception:  # lag is best-effort telemetry, never fatal
+            return
+        self.metrics.lag.set(lag)
+
+    # -- running ------------------------------------------------------------------------
+
+    def run(self, loglevel: str = "warn") -> None:
+        """Run the worker in the foreground until SIGINT/SIGTERM."""
+        import faust
+
+        if self.config.metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(self.config.metrics_port, addr="127.0.0.1")
+        worker = faust.Worker(self.app, loglevel=loglevel, quiet=True)
+        try:
+            worker.execute_from_commandline()
+        finally:
+            self.items_db.close()

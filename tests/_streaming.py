@@ -1,0 +1,112 @@
+"""Helpers for tests that run recstream's workers as real processes against the broker."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from streams.interests import InterestClusters, InterestConfig
+from streams.publish import Publisher
+from streams.replay import read_topic
+from streams.schemas import Engagement, ItemEmbedding, UserInterests, decode_for_topic
+from streams.settings import KafkaSettings
+from streams.topics import ITEM_EMBEDDINGS, USER_INTERESTS
+
+FAST_GROUPS = {
+    "RECSTREAM_KAFKA_SESSION_TIMEOUT_MS": "6000",
+    "RECSTREAM_KAFKA_REBALANCE_TIMEOUT_MS": "6000",
+}
+
+
+def topic_vectors(
+    truth: dict[str, object], dim: int = 32, seed: int = 0, noise: float = 0.35
+) -> dict[str, np.ndarray]:
+    """Item vectors that cluster by the generator's latent topics."""
+    rng = np.random.default_rng(seed)
+    items = truth["items"]
+    assert isinstance(items, dict)
+    n_topics = max(items.values()) + 1
+    centers = rng.normal(size=(n_topics, dim))
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    out = {}
+    for item_id, topic in sorted(items.items()):
+        v = centers[topic] + noise * rng.normal(size=dim) / np.sqrt(dim)
+        out[item_id] = (v / np.linalg.norm(v)).astype(np.float32)
+    return out
+
+
+def publish_item_vectors(settings: KafkaSettings, vectors: dict[str, np.ndarray]) -> None:
+    with Publisher(settings) as pub:
+        for item_id, vec in vectors.items():
+            rec = ItemEmbedding.from_vector(item_id, vec, encoder_version="test", source_ts=0)
+            pub.send(ITEM_EMBEDDINGS.name, rec.to_json(), key=rec.key)
+
+
+def offline_states(
+    events: Iterable[Engagement], vectors: dict[str, np.ndarray], config: InterestConfig | None = None
+) -> dict[str, bytes]:
+    """What the pure engine computes for each user from the same events, no Kafka."""
+    states: dict[str, InterestClusters] = {}
+    for ev in events:
+        state = states.setdefault(ev.user_id, InterestClusters(config or InterestConfig()))
+        state.learn_one(ev, vectors[ev.item_id])
+    return {u: s.to_bytes() for u, s in states.items() if s.n_actions}
+
+
+def latest_interests(settings: KafkaSettings) -> dict[str, UserInterests | None]:
+    latest: dict[str, UserInterests | None] = {}
+    for rec in read_topic(settings, USER_INTERESTS.name, idle_timeout_s=1.0):
+        assert rec.key is not None
+        latest[rec.key.decode()] = (
+            None if rec.value is None else decode_for_topic(USER_INTERESTS.name, rec.value)
+        )
+    return latest
+
+
+def worker_states(settings: KafkaSettings) -> dict[str, bytes]:
+    return {
+        u: base64.b64decode(r.state or "")
+        for u, r in latest_interests(settings).items()
+        if r is not None
+    }
+
+
+def wait_for(
+    predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.5, what: str = ""
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what or predicate}")
+
+
+def start_interests_worker(
+    bootstrap: str, data_dir: Path, *, extra: Sequence[str] = (), log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **FAST_GROUPS, "PYTHONUNBUFFERED": "1"}
+    out = open(log or data_dir.with_suffix(".log"), "ab")  # noqa: SIM115 (lives with the process)
+    return subprocess.Popen(
+        [sys.executable, "-m", "serving.cli", "worker", "interests",
+         "--bootstrap-servers", bootstrap, "--data-dir", str(data_dir), *extra],
+        env=env, stdout=out, stderr=subprocess.STDOUT,
+    )
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 15) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
