@@ -1,0 +1,694 @@
+"""Per-user interest clusters: streaming PinnerSage as a pure numpy engine (no I/O).
+
+A user is a handful of clusters of the items they engaged with. Each cluster is represented by
+its **medoid** (a real item: the member nearest the centroid, which for squared Euclidean
+distance is the member minimizing the sum of squared distances to the others) and ranked by
+**importance** = sum of weight * exp(-lambda * age_days) over its actions.
+
+Per event (``learn_one``) the new action joins the cluster with the smallest Ward merge cost
+``n / (n + 1) * ||x - centroid||^2`` when that cost is below ``merge_threshold``, else starts a
+new cluster; past ``max_clusters`` the cheapest pair (Ward ``na nb / (na + nb) ||ca - cb||^2``)
+is merged; actions older than the window or beyond ``max_actions`` are evicted. Every
+``recluster_every`` applied events a full Ward clustering (scipy) cut at the same cost replaces
+the incremental one, which corrects the drift of greedy assignment.
+
+Everything that decides the state is made independent of memory layout (clusters keep
+creation order, actions keep arrival order, ties break on ids), so a state rebuilt from
+``to_bytes`` evolves exactly like the one that never left memory: a worker that restarts from
+its table gives the same answer as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Protocol
+
+import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.spatial.distance import squareform
+
+DAY_MS = 86_400_000
+FORMAT_VERSION = 1
+_MAGIC = b"RSIC"
+_NO_TS = np.iinfo(np.int64).max
+# magic, version, dim, actions, clusters, applied, newest ts, has-last, byte lengths of the
+# last event id, item ids and event ids.
+_HEADER = "<4sBHIHQqBIII"
+
+DEFAULT_ACTION_WEIGHTS: Mapping[str, float] = MappingProxyType(
+    {"view": 1.0, "click": 2.0, "like": 3.0, "rate": 3.0, "save": 4.0, "purchase": 5.0}
+)
+
+Lookup = Callable[[Sequence[str]], tuple[list[str], np.ndarray]]
+"""``lookup(item_ids) -> (found_ids, vectors)``: embeddings of the items still known."""
+
+
+class EngagementLike(Protocol):
+    """What ``learn_one`` reads from an event (``streams.schemas.Engagement`` fits)."""
+
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def item_id(self) -> str: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def weight(self) -> float | None: ...
+    @property
+    def ts(self) -> int: ...
+
+
+class StateFormatError(ValueError):
+    """Serialized interests that this version cannot read (corrupt or unknown version)."""
+
+
+@dataclass(frozen=True)
+class InterestConfig:
+    """Engine parameters. Defaults suit 384-d sentence embeddings and a few months of history.
+
+    - ``decay_per_day``: lambda of the importance decay (0 = plain frequency).
+    - ``merge_threshold``: largest Ward merge cost (squared-Euclidean units on unit vectors, so
+      a new singleton joins another singleton when their cosine exceeds ``1 - threshold``).
+    - ``max_clusters``: cluster cap; the cheapest pair is merged beyond it.
+    - ``window_days`` / ``max_actions``: actions kept (by event time / count).
+    - ``action_weights``: weight per action name; an event's explicit ``weight`` wins; an
+      unknown action weighs ``default_weight``.
+    - ``recluster_every``: full Ward recluster every N applied events (0 = only on demand).
+    - ``remembered_event_ids``: how many recent event ids are kept to drop duplicates.
+    """
+
+    decay_per_day: float = 0.01
+    merge_threshold: float = 0.75
+    max_clusters: int = 12
+    window_days: float = 90.0
+    max_actions: int = 500
+    action_weights: Mapping[str, float] = field(default_factory=lambda: DEFAULT_ACTION_WEIGHTS)
+    default_weight: float = 1.0
+    recluster_every: int = 200
+    remembered_event_ids: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.decay_per_day < 0:
+            raise ValueError("decay_per_day must be >= 0")
+        if self.merge_threshold <= 0:
+            raise ValueError("merge_threshold must be > 0")
+        if self.max_clusters < 1 or self.max_actions < 1:
+            raise ValueError("max_clusters and max_actions must be >= 1")
+        if self.window_days <= 0:
+            raise ValueError("window_days must be > 0")
+        if self.recluster_every < 0 or self.remembered_event_ids < 0:
+            raise ValueError("recluster_every and remembered_event_ids must be >= 0")
+
+    def with_(self, **changes: Any) -> InterestConfig:
+        return replace(self, **changes)
+
+    def weight_of(self, action: str, explicit: float | None) -> float:
+        if explicit is not None:
+            return float(explicit)
+        return float(self.action_weights.get(action, self.default_weight))
+
+
+@dataclass(frozen=True)
+class Interest:
+    """One cluster of a user's actions, as the queries see it."""
+
+    medoid: str
+    importance: float
+    size: int
+    members: tuple[str, ...]
+    last_ts: int
+    centroid: np.ndarray = field(repr=False, compare=False)
+    medoid_vector: np.ndarray = field(repr=False, compare=False)
+
+
+def unit(vector: np.ndarray) -> np.ndarray:
+    """The float32 unit vector along ``vector`` (raises on zero or non-finite input)."""
+    v = np.asarray(vector, dtype=np.float32).reshape(-1)
+    norm = float(np.sqrt(np.dot(v, v)))
+    if not np.isfinite(norm) or norm == 0.0:
+        raise ValueError("embedding must be finite and non-zero")
+    return v / np.float32(norm)
+
+
+def medoid_of(vectors: np.ndarray, ids: Sequence[str]) -> int:
+    """Index of the medoid of ``vectors`` under squared Euclidean distance.
+
+    The member nearest the centroid minimizes the sum of squared distances to all members
+    (sum_j ||x - v_j||^2 = n ||x - c||^2 + const), so O(n dim) instead of O(n^2 dim). Ties go to
+    the smallest item id, so the answer does not depend on member order.
+    """
+    c = vectors.mean(axis=0, dtype=np.float64).astype(np.float32)
+    diff = vectors - c
+    d = np.einsum("ij,ij->i", diff, diff)
+    best = np.flatnonzero(d == d.min())
+    if len(best) == 1:
+        return int(best[0])
+    return int(min(best, key=lambda i: ids[int(i)]))
+
+
+class InterestClusters:
+    """The interests of one user, updated one engagement at a time."""
+
+    def __init__(self, config: InterestConfig | None = None) -> None:
+        self.config = config or InterestConfig()
+        self._dim = 0
+        self._reset()
+
+    # -- state ----------------------------------------------------------------------------
+    def _reset(self) -> None:
+        cap = min(16, self.config.max_actions + 1)
+        # Action slots: a slot is free when its ts is _NO_TS. Order of actions = their seq.
+        self._items: list[str | None] = [None] * cap
+        self._ts = np.full(cap, _NO_TS, dtype=np.int64)
+        self._seq = np.zeros(cap, dtype=np.int64)
+        self._w = np.zeros(cap, dtype=np.float32)
+        self._cl = np.full(cap, -1, dtype=np.int32)
+        self._vec: np.ndarray | None = (
+            None if self._dim == 0 else np.zeros((cap, self._dim), np.float32)
+        )
+        self._free: list[int] = list(range(cap - 1, -1, -1))
+        self._n = 0
+        self._next_seq = 0
+        # Clusters in creation order: float32 member sums (stored as-is, so a reload is exact).
+        self._sums = np.zeros((0, self._dim), dtype=np.float32)
+        self._counts = np.zeros(0, dtype=np.int64)
+        self._medoid_cache: dict[int, str] = {}
+        self._item_counts: Counter[str] = Counter()
+        self._event_ids: deque[str] = deque()
+        self._event_set: set[str] = set()
+        self._applied = 0
+        self._max_ts = 0
+        self._last_event_id: str | None = None
+
+    def _grow(self) -> None:
+        """Double the action slots (up to max_actions + 1): small users stay small in memory."""
+        old = len(self._ts)
+        cap = min(max(2 * old, 16), self.config.max_actions + 1)
+        if cap <= old:
+            raise RuntimeError("no free action slot")  # eviction keeps one free; a bug if not
+        extra = cap - old
+        self._items.extend([None] * extra)
+        self._ts = np.concatenate([self._ts, np.full(extra, _NO_TS, dtype=np.int64)])
+        self._seq = np.concatenate([self._seq, np.zeros(extra, dtype=np.int64)])
+        self._w = np.concatenate([self._w, np.zeros(extra, dtype=np.float32)])
+        self._cl = np.concatenate([self._cl, np.full(extra, -1, dtype=np.int32)])
+        if self._vec is not None:
+            self._vec = np.vstack([self._vec, np.zeros((extra, self._dim), np.float32)])
+        self._free.extend(range(cap - 1, old - 1, -1))
+
+    def _ensure_dim(self, dim: int) -> None:
+        if self._dim == dim:
+            return
+        if self._dim != 0:
+            raise ValueError(f"embedding has dim {dim}, this user's state has dim {self._dim}")
+        self._dim = dim
+        self._vec = np.zeros((len(self._ts), dim), dtype=np.float32)
+        self._sums = np.zeros((0, dim), dtype=np.float32)
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def n_actions(self) -> int:
+        return self._n
+
+    @property
+    def n_clusters(self) -> int:
+        return len(self._counts)
+
+    @property
+    def last_ts(self) -> int:
+        """Newest event time applied (ms), 0 for an empty state."""
+        return self._max_ts
+
+    @property
+    def last_event_id(self) -> str | None:
+        return self._last_event_id
+
+    @property
+    def seen_items(self) -> frozenset[str]:
+        return frozenset(self._item_counts)
+
+    def has_seen(self, item_id: str) -> bool:
+        return item_id in self._item_counts
+
+    def remembers(self, event_id: str) -> bool:
+        return event_id in self._event_set
+
+    # -- learning -------------------------------------------------------------------------
+    def learn_one(self, event: EngagementLike, embedding: np.ndarray) -> bool:
+        """Apply one engagement; False when it changed nothing (duplicate or expired)."""
+        eid = event.event_id
+        if eid in self._event_set:
+            return False
+        self._remember(eid)
+        self._last_event_id = eid
+        ts = int(event.ts)
+        window = self.config.window_days * DAY_MS
+        newest = max(self._max_ts, ts)
+        if ts < newest - window:
+            return False  # already outside the window: it would be evicted at once
+        x = unit(embedding)
+        self._ensure_dim(x.shape[0])
+        self._max_ts = newest
+        self._applied += 1
+        self._add(event.item_id, ts, self.config.weight_of(event.action, event.weight), x)
+        self._evict(newest - window)
+        if len(self._counts) > self.config.max_clusters:
+            self._merge_cheapest_pair()
+        every = self.config.recluster_every
+        if every and self._applied % every == 0:
+            self.recluster()
+        return True
+
+    def _remember(self, event_id: str) -> None:
+        cap = self.config.remembered_event_ids
+        if cap == 0:
+            return
+        self._event_ids.append(event_id)
+        self._event_set.add(event_id)
+        while len(self._event_ids) > cap:
+            self._event_set.discard(self._event_ids.popleft())
+
+    def _add(self, item_id: str, ts: int, weight: float, x: np.ndarray) -> None:
+        if not self._free:
+            self._grow()
+        assert self._vec is not None
+        # A repeat of a kept item adds importance, not geometry: same cluster, same vector.
+        repeat_of = self._items.index(item_id) if item_id in self._item_counts else -1
+        slot = self._free.pop()
+        self._items[slot] = item_id
+        self._ts[slot] = ts
+        self._seq[slot] = self._next_seq
+        self._next_seq += 1
+        self._w[slot] = weight
+        self._n += 1
+        self._item_counts[item_id] += 1
+        if repeat_of >= 0:
+            self._vec[slot] = self._vec[repeat_of]
+            self._cl[slot] = self._cl[repeat_of]
+            return
+        self._vec[slot] = x
+        counts = self._counts
+        if len(counts):
+            diff = self._sums / counts[:, None].astype(np.float32) - x
+            cost = counts / (counts + 1.0) * np.einsum("ij,ij->i", diff, diff)
+            j = int(np.argmin(cost))
+            if cost[j] < self.config.merge_threshold:
+                self._sums[j] += x
+                self._counts[j] += 1
+                self._cl[slot] = j
+                self._medoid_cache.pop(j, None)
+                return
+        self._sums = np.vstack([self._sums, x[None, :]])
+        self._counts = np.append(self._counts, 1)
+        self._cl[slot] = len(self._counts) - 1
+
+    def _evict(self, oldest_allowed: float) -> None:
+        while self._n:
+            # Oldest action by (ts, arrival): free slots hold _NO_TS and never win.
+            t = int(self._ts.min())
+            if self._n <= self.config.max_actions and t >= oldest_allowed:
+                return
+            tied = np.flatnonzero(self._ts == t)
+            slot = int(tied[np.argmin(self._seq[tied])]) if len(tied) > 1 else int(tied[0])
+            self._remove_slots([slot])
+
+    def _remove_slots(self, slots: Sequence[int]) -> None:
+        assert self._vec is not None
+        touched: set[int] = set()
+        for slot in slots:
+            j = int(self._cl[slot])
+            item = self._items[slot]
+            assert item is not None
+            self._item_counts[item] -= 1
+            if self._item_counts[item] == 0:
+                # The item's last action: it leaves the cluster's geometry.
+                del self._item_counts[item]
+                self._sums[j] -= self._vec[slot]
+                self._counts[j] -= 1
+                touched.add(j)
+            self._items[slot] = None
+            self._ts[slot] = _NO_TS
+            self._cl[slot] = -1
+            self._free.append(slot)
+            self._n -= 1
+        for j in touched:
+            self._medoid_cache.pop(j, None)
+        empty = [j for j in sorted(touched) if self._counts[j] == 0]
+        if empty:
+            self._drop_clusters(empty)
+
+    def _drop_clusters(self, positions: list[int]) -> None:
+        keep = np.ones(len(self._counts), dtype=bool)
+        keep[positions] = False
+        remap = np.cumsum(keep) - 1
+        live = self._cl >= 0
+        self._cl[live] = remap[self._cl[live]]
+        self._sums = self._sums[keep]
+        self._counts = self._counts[keep]
+        self._medoid_cache = {int(remap[j]): m for j, m in self._medoid_cache.items() if keep[j]}
+
+    def _merge_cheapest_pair(self) -> None:
+        counts = self._counts.astype(np.float64)
+        cents = (self._sums / self._counts[:, None].astype(np.float32)).astype(np.float64)
+        sq = np.einsum("ij,ij->i", cents, cents)
+        d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * cents @ cents.T, 0.0)
+        cost = counts[:, None] * counts[None, :] / (counts[:, None] + counts[None, :]) * d2
+        cost[np.diag_indices_from(cost)] = np.inf
+        flat = int(np.argmin(cost))  # row-major: the lowest (a, b) pair wins ties
+        a, b = sorted(divmod(flat, len(counts)))
+        self._sums[a] += self._sums[b]
+        self._counts[a] += self._counts[b]
+        self._cl[self._cl == b] = a
+        self._counts[b] = 0
+        self._medoid_cache.pop(a, None)
+        self._drop_clusters([b])
+
+    # -- full recluster -------------------------------------------------------------------
+    def _live_slots(self) -> np.ndarray:
+        """Live action slots in arrival order."""
+        live = np.flatnonzero(self._ts != _NO_TS)
+        return live[np.argsort(self._seq[live], kind="stable")]
+
+    def recluster(self) -> None:
+        """Full Ward agglomerative clustering of the kept actions, cut at ``merge_threshold``.
+
+        scipy's Ward height is sqrt(2 * merge cost), so the cut is at sqrt(2 * threshold); when
+        that leaves more than ``max_clusters`` clusters the tree is cut into ``max_clusters``.
+        """
+        if self._n == 0:
+            return
+        assert self._vec is not None
+        slots = self._live_slots()
+        items = [self._items[s] or "" for s in slots]
+        first_slot: dict[str, int] = {}
+        for s, item in zip(slots.tolist(), items, strict=True):
+            first_slot.setdefault(item, s)
+        distinct = np.fromiter(first_slot.values(), dtype=np.int64, count=len(first_slot))
+        labels = ward_labels(
+            self._vec[distinct], self.config.merge_threshold, self.config.max_clusters
+        )
+        # Number clusters by their first action so the order is canonical.
+        _, first = np.unique(labels, return_index=True)
+        order = np.argsort(first, kind="stable")
+        rank = np.empty(len(order), dtype=np.int32)
+        rank[order] = np.arange(len(order), dtype=np.int32)
+        _, inverse = np.unique(labels, return_inverse=True)
+        assign = rank[inverse]
+        label_of = dict(zip(first_slot, assign.tolist(), strict=True))
+        self._cl[slots] = [label_of[item] for item in items]
+        k = len(order)
+        onehot = np.zeros((k, len(assign)), dtype=np.float32)
+        onehot[assign, np.arange(len(assign))] = 1.0
+        sums = onehot @ self._vec[distinct]
+        self._sums = sums
+        self._counts = np.bincount(assign, minlength=k).astype(np.int64)
+        self._medoid_cache = {}
+
+    # -- deletion -------------------------------------------------------------------------
+    def forget_item(self, item_id: str) -> bool:
+        """Remove every action on ``item_id`` (the item was deleted); True if any."""
+        if item_id not in self._item_counts:
+            return False
+        slots = [i for i, it in enumerate(self._items) if it == item_id]
+        self._remove_slots(slots)
+        return True
+
+    def forget(self) -> None:
+        """Empty the state (the user was deleted)."""
+        self._dim = 0
+        self._reset()
+
+    # -- queries --------------------------------------------------------------------------
+    def _importances(self, now_ms: int) -> np.ndarray:
+        live = self._ts != _NO_TS
+        age_days = np.maximum(now_ms - self._ts[live], 0) / DAY_MS
+        contrib = self._w[live].astype(np.float64) * np.exp(-self.config.decay_per_day * age_days)
+        return np.bincount(self._cl[live], weights=contrib, minlength=len(self._counts))
+
+    def importances(self, now_ms: int) -> np.ndarray:
+        """Importance of every cluster (creation order) at ``now_ms``."""
+        return self._importances(now_ms)
+
+    def _medoid_slot(self, j: int, members: np.ndarray) -> int:
+        medoid = self._medoid_cache.get(j)
+        if medoid is None:
+            assert self._vec is not None
+            first: dict[str, int] = {}
+            for s in members.tolist():
+                first.setdefault(self._items[s] or "", s)
+            distinct = np.fromiter(first.values(), dtype=np.int64, count=len(first))
+            medoid = list(first)[medoid_of(self._vec[distinct], list(first))]
+            self._medoid_cache[j] = medoid
+        return self._items.index(medoid)
+
+    def _interest(self, j: int, importance: float, members: np.ndarray) -> Interest:
+        assert self._vec is not None
+        slot = self._medoid_slot(j, members)
+        recent = members[np.lexsort((-self._seq[members], -self._ts[members]))]
+        distinct = tuple(dict.fromkeys(self._items[s] or "" for s in recent))
+        medoid = self._items[slot]
+        assert medoid is not None
+        return Interest(
+            medoid=medoid,
+            importance=float(importance),
+            size=len(members),
+            members=distinct,
+            last_ts=int(self._ts[members].max()),
+            centroid=(self._sums[j] / np.float32(self._counts[j])).copy(),
+            medoid_vector=self._vec[slot].copy(),
+        )
+
+    def _members_by_cluster(self) -> list[np.ndarray]:
+        slots = self._live_slots()
+        cl = self._cl[slots]
+        return [slots[cl == j] for j in range(len(self._counts))]
+
+    def interests(self, now_ms: int) -> list[Interest]:
+        """All clusters, most important first (ties: older cluster first)."""
+        if self._n == 0:
+            return []
+        imp = self._importances(now_ms)
+        order = np.argsort(-imp, kind="stable")
+        members = self._members_by_cluster()
+        return [self._interest(int(j), imp[j], members[j]) for j in order]
+
+    def top_medoids(self, k: int, now_ms: int) -> list[Interest]:
+        """The ``k`` most important interests."""
+        if k <= 0 or self._n == 0:
+            return []
+        imp = self._importances(now_ms)
+        order = np.argsort(-imp, kind="stable")[:k]
+        members = self._members_by_cluster()
+        return [self._interest(int(j), imp[j], members[j]) for j in order]
+
+    def sample_medoids(self, k: int, now_ms: int, rng: np.random.Generator) -> list[Interest]:
+        """``k`` interests drawn without replacement, proportionally to importance."""
+        if k <= 0 or self._n == 0:
+            return []
+        imp = self._importances(now_ms)
+        n = len(imp)
+        total = float(imp.sum())
+        p = imp / total if total > 0 and np.isfinite(total) else np.full(n, 1.0 / n)
+        nonzero = int(np.count_nonzero(p))
+        if nonzero < min(k, n):  # rng.choice needs enough non-zero weights
+            p = (p + 1e-12) / (p + 1e-12).sum()
+        picks = rng.choice(n, size=min(k, n), replace=False, p=p)
+        picks = picks[np.argsort(-imp[picks], kind="stable")]
+        members = self._members_by_cluster()
+        return [self._interest(int(j), imp[j], members[j]) for j in picks]
+
+    def assignments(self) -> tuple[list[str], np.ndarray]:
+        """Item id and cluster index of every kept action, in arrival order."""
+        slots = self._live_slots()
+        return [self._items[s] or "" for s in slots], self._cl[slots].copy()
+
+    def action_vectors(self) -> np.ndarray:
+        """Embeddings of the kept actions, in arrival order (for plots and tests)."""
+        if self._vec is None:
+            return np.zeros((0, 0), dtype=np.float32)
+        return self._vec[self._live_slots()].copy()
+
+    def action_times(self) -> np.ndarray:
+        return self._ts[self._live_slots()].copy()
+
+    # -- serialization --------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """Compact versioned bytes: ids, times, weights, assignments, cluster sums, event ids.
+
+        Member embeddings are not included: they live once per item in the item store and
+        come back through ``from_bytes``'s lookup.
+        """
+        slots = self._live_slots()
+        items = "\n".join(self._items[s] or "" for s in slots).encode()
+        events = "\n".join(self._event_ids).encode()
+        last = (self._last_event_id or "").encode()
+        k = len(self._counts)
+        head = struct.pack(
+            _HEADER,
+            _MAGIC,
+            FORMAT_VERSION,
+            self._dim,
+            self._n,
+            k,
+            self._applied,
+            self._max_ts,
+            1 if self._last_event_id is not None else 0,
+            len(last),
+            len(items),
+            len(events),
+        )
+        parts = [
+            head,
+            last,
+            items,
+            events,
+            self._ts[slots].astype("<i8").tobytes(),
+            self._w[slots].astype("<f4").tobytes(),
+            self._cl[slots].astype("<u2").tobytes(),
+            self._counts.astype("<u4").tobytes(),
+            self._sums.astype("<f4").tobytes(),
+        ]
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(
+        cls, blob: bytes, lookup: Lookup, config: InterestConfig | None = None
+    ) -> InterestClusters:
+        """Rebuild a state from ``to_bytes``; actions on items ``lookup`` lacks are dropped."""
+        fmt = _HEADER
+        size = struct.calcsize(fmt)
+        if len(blob) < 5 or blob[:4] != _MAGIC:
+            raise StateFormatError("not a recstream interests state (bad magic)")
+        if blob[4] != FORMAT_VERSION:
+            raise StateFormatError(
+                f"interests state format version {blob[4]} is not supported "
+                f"(this recstream reads version {FORMAT_VERSION})"
+            )
+        if len(blob) < size:
+            raise StateFormatError("interests state is truncated")
+        _, _, dim, n, k, applied, max_ts, has_last, n_last, n_items, n_events = struct.unpack_from(
+            fmt, blob
+        )
+        expected = size + n_last + n_items + n_events + n * (8 + 4 + 2) + k * (4 + 4 * dim)
+        if len(blob) != expected:
+            raise StateFormatError(f"interests state has {len(blob)} bytes, expected {expected}")
+        off = size
+
+        def take(nbytes: int) -> bytes:
+            nonlocal off
+            chunk = blob[off : off + nbytes]
+            off += nbytes
+            return chunk
+
+        last = take(n_last).decode()
+        items = take(n_items).decode().split("\n") if n else []
+        events_raw = take(n_events).decode()
+        ts = np.frombuffer(take(8 * n), dtype="<i8").astype(np.int64)
+        w = np.frombuffer(take(4 * n), dtype="<f4").astype(np.float32)
+        cl = np.frombuffer(take(2 * n), dtype="<u2").astype(np.int32)
+        counts = np.frombuffer(take(4 * k), dtype="<u4").astype(np.int64)
+        sums = np.frombuffer(take(4 * k * dim), dtype="<f4").reshape(k, dim).astype(np.float32)
+        pairs = dict(zip(items, cl.tolist(), strict=False))
+        if (
+            len(items) != n
+            or len(set(zip(items, cl.tolist(), strict=False))) != len(pairs)
+            or (n and max(pairs.values()) >= k)
+            or np.bincount(list(pairs.values()), minlength=k).tolist() != counts.tolist()
+        ):
+            raise StateFormatError("interests state is inconsistent (assignments vs counts)")
+
+        state = cls(config)
+        if n > state.config.max_actions:
+            raise StateFormatError(
+                f"state holds {n} actions, more than max_actions={state.config.max_actions}"
+            )
+        state._dim = dim
+        state._reset()
+        state._applied = int(applied)
+        state._max_ts = int(max_ts)
+        state._last_event_id = last if has_last else None
+        for eid in events_raw.split("\n") if events_raw else []:
+            state._remember(eid)
+        state._sums = sums.copy()
+        state._counts = counts.copy()
+        if n == 0:
+            return state
+        found_ids, matrix = lookup(sorted(set(items)))
+        vectors = {i: np.asarray(matrix[r]) for r, i in enumerate(found_ids)}
+        missing: list[int] = []
+        for pos, item in enumerate(items):
+            if not state._free:
+                state._grow()
+            assert state._vec is not None
+            slot = state._free.pop()
+            state._items[slot] = item
+            state._ts[slot] = ts[pos]
+            state._seq[slot] = pos
+            state._w[slot] = w[pos]
+            state._cl[slot] = cl[pos]
+            state._item_counts[item] += 1
+            state._n += 1
+            vec = vectors.get(item)
+            if vec is None:
+                missing.append(slot)
+            else:
+                state._vec[slot] = unit(vec)
+        state._next_seq = n
+        if missing:
+            # The item is gone: drop its actions and rebuild the affected cluster sums exactly.
+            touched = {int(state._cl[s]) for s in missing}
+            state._remove_slots_without_vectors(missing, touched)
+        return state
+
+    def _remove_slots_without_vectors(self, slots: list[int], touched: set[int]) -> None:
+        assert self._vec is not None
+        for slot in slots:
+            item = self._items[slot]
+            assert item is not None
+            self._item_counts[item] -= 1
+            if self._item_counts[item] == 0:
+                del self._item_counts[item]
+            self._items[slot] = None
+            self._ts[slot] = _NO_TS
+            self._cl[slot] = -1
+            self._free.append(slot)
+            self._n -= 1
+        live = self._live_slots()
+        for j in touched:
+            first: dict[str, int] = {}
+            for s in live[self._cl[live] == j].tolist():
+                first.setdefault(self._items[s] or "", s)
+            members = list(first.values())
+            self._counts[j] = len(members)
+            self._sums[j] = self._vec[members].sum(axis=0, dtype=np.float32) if members else 0
+        empty = [j for j in sorted(touched) if self._counts[j] == 0]
+        if empty:
+            self._drop_clusters(empty)
+
+
+def ward_labels(vectors: np.ndarray, threshold: float, max_clusters: int) -> np.ndarray:
+    """Ward agglomerative labels of ``vectors`` cut at merge cost ``threshold``.
+
+    Distances come from one matrix product (the rows are unit vectors) rather than scipy's
+    pdist, which is ~50x slower at dim 384.
+    """
+    n = len(vectors)
+    if n == 1:
+        return np.ones(1, dtype=np.int32)
+    v = np.ascontiguousarray(vectors, dtype=np.float32)
+    sq = np.einsum("ij,ij->i", v, v)
+    d2 = (sq[:, None] + sq[None, :] - 2.0 * (v @ v.T)).astype(np.float64)
+    np.maximum(d2, 0.0, out=d2)
+    np.fill_diagonal(d2, 0.0)
+    tree = linkage(squareform(np.sqrt(d2), checks=False), method="ward")
+    labels = fcluster(tree, t=float(np.sqrt(2.0 * threshold)), criterion="distance")
+    if labels.max() > max_clusters:
+        labels = fcluster(tree, t=max_clusters, criterion="maxclust")
+    return labels.astype(np.int32)
