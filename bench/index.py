@@ -24,19 +24,19 @@ import os
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
-import sys
-import tempfile
-import threading
-import time
-from pathlib import Path
+import sys  # noqa: E402 (after the BLAS thread setting)
+import tempfile  # noqa: E402 (after the BLAS thread setting)
+import threading  # noqa: E402 (after the BLAS thread setting)
+import time  # noqa: E402 (after the BLAS thread setting)
+from pathlib import Path  # noqa: E402 (after the BLAS thread setting)
 
-import numpy as np
+import numpy as np  # noqa: E402 (after the BLAS thread setting)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import emit, parse_args, percentile_ms, progress
-from stores.index import ExactIndex, ItemIndex
-from stores.synthetic import clustered_unit_vectors
+from bench._common import emit, parse_args, percentile_ms, progress  # noqa: E402 (after the BLAS thread setting)
+from stores.index import ExactIndex, ItemIndex  # noqa: E402 (after the BLAS thread setting)
+from stores.synthetic import clustered_unit_vectors  # noqa: E402 (after the BLAS thread setting)
 
 DIM = 384
 K = 10
@@ -146,7 +146,6 @@ def main() -> None:
     progress(f"{cores} reader threads: through ItemIndex.knn vs raw hnswlib")
     locked_qps = threaded_qps(lambda q: index.knn(q, K), queries, cores, thread_seconds)
     raw_threads_qps = threaded_qps(raw_hnsw, queries, cores, thread_seconds)
-    del raw
 
     index_bytes = index.nbytes()
     with tempfile.TemporaryDirectory() as tmp:

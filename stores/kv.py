@@ -9,6 +9,7 @@ column family  key                              value
 items          item id (utf-8)                  JSON {encoder_version, ts, metadata}
 item_vectors   item id (utf-8)                  raw little-endian float32 (or float16) row
 users          user id (utf-8)                  opaque state bytes (interests engine)
+user_records   user id (utf-8)                  the latest ``user-interests`` record, raw bytes
 offsets        "topic:partition" (utf-8)        next offset to consume, 8-byte big-endian
 meta           b"vector_dtype", b"dim"          ascii
 =============  ===============================  ==========================================
@@ -28,6 +29,7 @@ read-only with ``StateDB(path, secondary_path=...)`` and `StateDB.catch_up()`.
 
 from __future__ import annotations
 
+import heapq
 import json
 import struct
 import threading
@@ -44,9 +46,10 @@ import rocksdict
 _ITEMS = "items"
 _VECTORS = "item_vectors"
 _USERS = "users"
+_USER_RECORDS = "user_records"
 _OFFSETS = "offsets"
 _META = "meta"
-_COLUMN_FAMILIES = (_ITEMS, _VECTORS, _USERS, _OFFSETS, _META)
+_COLUMN_FAMILIES = (_ITEMS, _VECTORS, _USERS, _USER_RECORDS, _OFFSETS, _META)
 _VECTOR_DTYPES = ("float32", "float16")
 _OFFSET = struct.Struct(">q")
 
@@ -326,6 +329,10 @@ class ItemStore:
         self._db._delete(batch, [(cf, k) for k in keys for cf in (_VECTORS, _ITEMS)])
         return existed
 
+    def __len__(self) -> int:
+        """Items stored (counts keys: O(items), ~10 ms per 100k)."""
+        return sum(1 for _ in self._db._cf(_VECTORS).keys())  # noqa: SIM118 (an Rdict, not a dict)
+
     def iterate(self) -> Iterator[StoredItem]:
         """Every item, in key order."""
         vectors = self._db._cf(_VECTORS)
@@ -381,15 +388,34 @@ class ItemStore:
 
 
 class UserStore:
-    """Per-user interest state, as the opaque bytes the interests engine serializes."""
+    """Per-user interests: the engine's state (opaque bytes) and the latest ``user-interests``
+    record (the topic value as it arrived, opaque bytes; parse it with the streams schemas)."""
 
     def __init__(self, db: StateDB) -> None:
         self._db = db
 
-    def put(self, user_id: str, state: bytes, *, batch: Batch | None = None) -> None:
-        self._db._write(batch, [(_USERS, user_id.encode(), bytes(state))])
+    def put(
+        self,
+        user_id: str,
+        state: bytes | None,
+        *,
+        record: bytes | None = None,
+        batch: Batch | None = None,
+    ) -> None:
+        """Replace what is stored for the user: `state` and `record` (None = not kept)."""
+        if state is None and record is None:
+            raise ValueError(f"user {user_id!r}: give a state, a record or both (or delete)")
+        key = user_id.encode()
+        puts = [(cf, key, bytes(v)) for cf, v in ((_USERS, state), (_USER_RECORDS, record)) if v]
+        gone = [(cf, key) for cf, v in ((_USERS, state), (_USER_RECORDS, record)) if v is None]
+        target = batch if batch is not None else Batch(self._db)
+        self._db._delete(target, gone)
+        self._db._write(target, puts)
+        if batch is None:
+            target.apply()
 
     def get(self, user_id: str) -> bytes | None:
+        """The user's state bytes, or None."""
         value = self._db._cf(_USERS).get(user_id.encode())
         return None if value is None else bytes(value)
 
@@ -397,18 +423,35 @@ class UserStore:
         """States in the order asked (None where unknown); one multi-get."""
         return _multi_get(self._db._cf(_USERS), [u.encode() for u in user_ids])
 
+    def record(self, user_id: str) -> bytes | None:
+        """The latest user-interests record stored for the user, or None."""
+        value = self._db._cf(_USER_RECORDS).get(user_id.encode())
+        return None if value is None else bytes(value)
+
+    def records(self, user_ids: Sequence[str]) -> list[bytes | None]:
+        """Records in the order asked (None where unknown); one multi-get."""
+        return _multi_get(self._db._cf(_USER_RECORDS), [u.encode() for u in user_ids])
+
     def delete(self, user_id: str, *, batch: Batch | None = None) -> bool:
-        """Forget a user; returns whether they existed (before any pending `batch`)."""
+        """Forget a user (state and record); returns whether they existed (before any
+        pending `batch`)."""
         key = user_id.encode()
-        existed = key in self._db._cf(_USERS)
-        self._db._delete(batch, [(_USERS, key)])
+        existed = key in self._db._cf(_USERS) or key in self._db._cf(_USER_RECORDS)
+        self._db._delete(batch, [(_USERS, key), (_USER_RECORDS, key)])
         return existed
 
     def __contains__(self, user_id: object) -> bool:
-        return isinstance(user_id, str) and user_id.encode() in self._db._cf(_USERS)
+        if not isinstance(user_id, str):
+            return False
+        key = user_id.encode()
+        return key in self._db._cf(_USERS) or key in self._db._cf(_USER_RECORDS)
+
+    def __len__(self) -> int:
+        """Users with a state or a record (counts keys: O(users))."""
+        return _count_union(self._db._cf(_USERS), self._db._cf(_USER_RECORDS))
 
     def iterate(self) -> Iterator[tuple[str, bytes]]:
-        """Every (user id, state), in key order."""
+        """Every (user id, state), in key order (users with only a record are skipped)."""
         for key, value in _raw_items(self._db._cf(_USERS)):
             yield key.decode(), value
 
@@ -502,6 +545,15 @@ class CachedItemVectors:
 def _multi_get(cf: rocksdict.Rdict, keys: list[bytes]) -> list[bytes | None]:
     """One RocksDB multi-get (raw mode: values are bytes)."""
     return cast("list[bytes | None]", cf.get(cast("list[Any]", keys)))
+
+
+def _count_union(a: rocksdict.Rdict, b: rocksdict.Rdict) -> int:
+    """Distinct keys across two column families (both iterate in key order: a merge)."""
+    count, previous = 0, None
+    for key in heapq.merge(a.keys(), b.keys()):
+        if key != previous:
+            count, previous = count + 1, key
+    return count
 
 
 def _raw_items(cf: rocksdict.Rdict) -> Iterator[tuple[bytes, bytes]]:
