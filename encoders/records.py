@@ -13,8 +13,10 @@ Lines that are not JSON objects of the expected type, or lack an id, are skipped
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -184,6 +186,8 @@ def encode_jsonl(
 ) -> EncodeReport:
     """Embed every ``item`` line of ``in_path``; write ``item_embedding`` lines to ``out_path``.
 
+    ``out_path`` "-" writes to stdout.
+
     Items carrying a precomputed ``embedding`` keep it (L2-normalized, version "precomputed");
     the others are embedded from ``item_text(text, category, tags)`` by ``session`` (default: an
     ``EncoderSession`` on ``model_dir``, itself defaulting to ``ensure_exported()``'s dir).
@@ -217,8 +221,14 @@ def encode_jsonl(
         written += len(batch)
         batch.clear()
 
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    with Path(out_path).open("w", encoding="utf-8") as out:
+    to_stdout = str(out_path) == "-"
+    if not to_stdout:
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    with (
+        contextlib.nullcontext(sys.stdout)
+        if to_stdout
+        else Path(out_path).open("w", encoding="utf-8")
+    ) as out:
         for obj in iter_json_objects(Path(in_path)):
             if obj is None or obj.get("type", "item") != "item" or not _is(obj, "item", "item_id"):
                 skipped += 1
