@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stores import ItemIndex, SnapshotError, normalize_rows
+from stores import ExactIndex, ItemIndex, SnapshotError, normalize_rows
 from stores.snapshot import verify
 from stores.synthetic import clustered_unit_vectors
 
@@ -172,3 +172,25 @@ def test_half_written_and_missing_snapshots_mean_full_replay(
     assert not (tmp_path / ".tmp-crashed").exists()  # a crash's leftovers are cleaned up
     with pytest.raises(SnapshotError, match="no manifest"):
         verify(tmp_path / "snap-0000000001")
+
+
+def test_an_exact_index_snapshots_and_restores_the_same_way(
+    data: tuple[np.ndarray, np.ndarray], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    vectors, queries = data
+    index = ExactIndex(DIM)
+    index.upsert([f"v{i}" for i in range(1000)], vectors[:1000])
+    index.delete([f"v{i}" for i in range(0, 1000, 3)])
+    index.snapshot(tmp_path, OFFSETS)
+
+    result = ExactIndex.restore(tmp_path)
+
+    assert result is not None
+    copy, offsets = result
+    assert offsets == OFFSETS and sorted(copy.ids()) == sorted(index.ids())
+    assert copy.knn_batch(queries, 10) == index.knn_batch(queries, 10)
+    copy.upsert("new", vectors[1000])
+    assert copy.knn(vectors[1000], 1)[0].item_id == "new"
+    with caplog.at_level(logging.WARNING, logger="stores"):
+        assert ItemIndex.restore(tmp_path) is None  # not an HNSW snapshot: refused, not misread
+    assert "unknown format" in caplog.text
