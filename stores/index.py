@@ -663,6 +663,7 @@ class ExactIndex(_VectorIndex[_Rows]):
     The recall baseline, and fine on its own for catalogs up to ~1e5 items.
     `initial_capacity` rows (1024) are allocated up front and doubled as needed;
     `ef` is accepted and ignored. Shared under a reader/writer lock (`OneCopy`).
+    Snapshots and restores like `ItemIndex` (vectors + ids + offsets, checksummed).
     """
 
     def __init__(self, dim: int, *, initial_capacity: int = 1024) -> None:
