@@ -161,6 +161,8 @@ def test_deleted_slots_are_reused_before_growing() -> None:
 
     assert index.capacity == 64  # the 20 new items took the deleted slots
     assert len(index) == 64
+    index.upsert("new0", unit(rng, 1)[0])  # a replacement when full reuses its own old slot
+    assert index.capacity == 64 and len(index) == 64
     index.upsert("one-more", unit(rng, 1)[0])
     assert index.capacity == 128
 
