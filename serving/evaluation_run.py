@@ -1,0 +1,341 @@
+"""``recstream eval``: load a dataset, embed its items, replay it through every method, report.
+
+This is the I/O side of ``serving.evaluation`` (which stays pure): datasets, the encoder, the
+method suite, and the outputs (``quality.md``, ``quality.json``, ``recall_at_k.png``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.evaluation import (
+    EVAL_ENGINE_CONFIG,
+    METRICS,
+    LastItem,
+    MeanEmbedding,
+    MedoidQuery,
+    PinnerSage,
+    Popularity,
+    Protocol_,
+    ReplayData,
+    ReplayMethod,
+    ReplayResult,
+    evaluate,
+    metrics,
+    recall_curve,
+    replay_data,
+)
+from streams.interests import DEFAULT_ACTION_WEIGHTS, InterestConfig
+from streams.schemas import Engagement, Item
+
+log = logging.getLogger(__name__)
+DATASETS = ("movielens-100k", "generated")
+PRIMARY = "pinnersage"
+BASELINES = ("popularity", "last_item", "mean_embedding")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Everything ``run_eval`` needs; the defaults are the published protocol."""
+
+    dataset: str = "movielens-100k"
+    k: int = 20
+    positive_min_rating: float = 4.0
+    weight_by_rating: bool = False
+    limit_users: int | None = None
+    decay_per_day: float = 0.01  # lambda of popularity, mean embedding and the main engine
+    engine: InterestConfig = EVAL_ENGINE_CONFIG
+    ablations: bool = True
+    bootstrap: int = 1000
+    seed: int = 0
+    split: float = 0.8
+    max_k: int = 50
+    encoder_variant: str = "fp32"
+    model_dir: Path | None = None
+    data_dir: Path | None = None
+    generated: dict[str, int] = field(
+        default_factory=lambda: {"users": 200, "items": 2000, "events": 20_000}
+    )
+
+
+def load_dataset(settings: EvalSettings) -> tuple[list[Item], list[Engagement], float | None]:
+    """Items, events and the positive threshold (None: every event is positive)."""
+    if settings.dataset == "movielens-100k":
+        from streams.movielens import load_movielens
+
+        ml = load_movielens(settings.data_dir)
+        return ml.items, ml.ratings, settings.positive_min_rating
+    if settings.dataset == "generated":
+        from streams.generate import generate
+
+        g = generate(**settings.generated, seed=settings.seed)
+        return g.items, g.engagements, None
+    raise ValueError(f"unknown dataset {settings.dataset!r} (choose from {', '.join(DATASETS)})")
+
+
+def embed_items(
+    items: Sequence[Item], model_dir: Path | None = None, variant: str = "fp32"
+) -> tuple[np.ndarray, str]:
+    """(n, dim) unit embeddings from the project's encoder (exported on first use)."""
+    from encoders.session import EncoderSession, default_model_dir, ensure_exported
+
+    directory = model_dir or default_model_dir()
+    ensure_exported(directory)
+    session = EncoderSession(directory, variant=variant)
+    return session.encode_items(items), f"{session.version} ({session.variant})"
+
+
+def method_suite(
+    vectors: np.ndarray,
+    engine: InterestConfig,
+    decay_per_day: float,
+    *,
+    ablations: bool = True,
+    seed: int = 0,
+) -> list[ReplayMethod]:
+    """The baselines, PinnerSage (top-3, sampled 3, 1 and 5 medoids) and the ablations."""
+    main = engine.with_(decay_per_day=decay_per_day)
+    queries = [MedoidQuery(PRIMARY, 3), MedoidQuery("pinnersage_sample3", 3, sample=True)]
+    queries += [MedoidQuery("pinnersage_1", 1), MedoidQuery("pinnersage_5", 5)]
+    if ablations:
+        queries.append(MedoidQuery("pinnersage_centroid", 3, centroid=True))
+    methods: list[ReplayMethod] = [
+        Popularity(len(vectors), decay_per_day),
+        LastItem(vectors),
+        MeanEmbedding(vectors, decay_per_day),
+        PinnerSage(vectors, main, queries, seed=seed),
+    ]
+    if ablations:
+        for lam in (0.0, 0.01, 0.1):
+            if lam != decay_per_day:
+                name = f"pinnersage_lambda_{lam:g}"
+                config = engine.with_(decay_per_day=lam)
+                methods.append(PinnerSage(vectors, config, [MedoidQuery(name, 3)], seed=seed))
+    return methods
+
+
+def _select_users(data: ReplayData, limit: int | None, seed: int) -> ReplayData:
+    if limit is None:
+        return data
+    users = sorted({e.user_id for e in data.events})
+    if limit >= len(users):
+        return data
+    rng = np.random.default_rng(seed)
+    chosen = {users[i] for i in rng.choice(len(users), size=limit, replace=False)}
+    return data.only_users(chosen)
+
+
+def run_eval(
+    settings: EvalSettings,
+    *,
+    vectors: np.ndarray | None = None,
+    encoder: str | None = None,
+) -> tuple[dict[str, Any], ReplayResult]:
+    """Run the whole protocol; returns the report (JSON-ready) and the per-event result.
+
+    ``vectors`` (one row per catalogue item) skips the encoder, e.g. to reuse embeddings.
+    """
+    t0 = time.perf_counter()
+    items, events, positive_min = load_dataset(settings)
+    if vectors is None:
+        log.info("embedding %d items", len(items))
+        vectors, encoder = embed_items(items, settings.model_dir, settings.encoder_variant)
+    t_embed = time.perf_counter()
+    action_weights = None
+    if positive_min is None:  # implicit feedback: weigh by action when asked
+
+        def action_weights(e: Engagement) -> float:
+            return settings.engine.weight_of(e.action, e.weight)
+
+    data = replay_data(
+        settings.dataset,
+        items,
+        vectors,
+        events,
+        positive_min_weight=positive_min,
+        weight_by_rating=settings.weight_by_rating,
+        action_weights=action_weights,
+    )
+    data = _select_users(data, settings.limit_users, settings.seed)
+    methods = method_suite(
+        data.vectors,
+        settings.engine,
+        settings.decay_per_day,
+        ablations=settings.ablations,
+        seed=settings.seed,
+    )
+    log.info("replaying %d events through %d methods", len(data.events), len(methods))
+    result = evaluate(data, methods, Protocol_(split=settings.split, max_k=settings.max_k))
+    t_replay = time.perf_counter()
+    pairs = [(PRIMARY, b) for b in BASELINES]
+    per_method, diffs = metrics(
+        result, settings.k, bootstrap=settings.bootstrap, seed=settings.seed, pairs=pairs
+    )
+    used = settings.engine.with_(decay_per_day=settings.decay_per_day)
+    engine = {f.name: getattr(used, f.name) for f in fields(used)}
+    engine["action_weights"] = dict(used.action_weights)
+    report: dict[str, Any] = {
+        "dataset": settings.dataset,
+        "users": len(np.unique(result.users)),
+        "test_events": len(result.event_ids),
+        "k": settings.k,
+        "items": len(items),
+        "events": len(data.events),
+        "split_ts": result.split_ts,
+        "counts": result.counts,
+        "settings": {
+            "positive_min_rating": positive_min,
+            "weight_by_rating": settings.weight_by_rating,
+            "limit_users": settings.limit_users,
+            "decay_per_day": settings.decay_per_day,
+            "split": settings.split,
+            "bootstrap": settings.bootstrap,
+            "seed": settings.seed,
+            "min_history": 1,
+        },
+        "engine": engine,
+        "encoder": encoder,
+        "methods": {
+            name: {
+                **{m: per_method[name][m].as_dict() for m in METRICS},
+                "fallbacks": result.fallbacks[name],
+                "recall_curve": recall_curve(result, name),
+            }
+            for name in result.ranks
+        },
+        "comparisons": {pair: {m: e.as_dict() for m, e in d.items()} for pair, d in diffs.items()},
+        "seconds": {
+            "embed": round(t_embed - t0, 2),
+            "replay": round(t_replay - t_embed, 2),
+            "metrics": round(time.perf_counter() - t_replay, 2),
+        },
+    }
+    return report, result
+
+
+def _ci(e: dict[str, float], digits: int = 4) -> str:
+    return f"{e['value']:.{digits}f} [{e['lo']:.{digits}f}, {e['hi']:.{digits}f}]"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The results table, the paired comparisons and the setup, as markdown."""
+    k = report["k"]
+    s = report["settings"]
+    lines = [
+        f"# Recommendation quality: {report['dataset']}",
+        "",
+        f"Chronological replay, global time split (first {s['split']:.0%} of the time range "
+        f"warms up, the rest is test). {report['test_events']:,} positive test events "
+        f"(rating >= {s['positive_min_rating']}) from {report['users']:,} users, "
+        f"{report['items']:,} items, {report['events']:,} events; each test event is ranked "
+        f"against the whole catalogue (minus the user's already-rated items) from the state "
+        f"before it, then applied. 95% intervals: user-level bootstrap ({s['bootstrap']} "
+        f"resamples). Encoder: {report['encoder']}.",
+        "",
+        f"| method | Recall@{k} | NDCG@{k} | HitRate@{k} | Coverage@{k} | fallbacks |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in report["methods"].items():
+        lines.append(
+            f"| {name} | {_ci(m['recall_at_k'])} | {_ci(m['ndcg_at_k'])} | "
+            f"{_ci(m['hit_rate_at_k'], 3)} | {_ci(m['coverage_at_k'], 3)} | {m['fallbacks']} |"
+        )
+    lines += [
+        "",
+        "Paired differences (same bootstrap resamples; an interval excluding 0 is significant):",
+        "",
+        f"| comparison | Recall@{k} | NDCG@{k} |",
+        "|---|---|---|",
+    ]
+    for pair, d in report["comparisons"].items():
+        lines.append(f"| {pair} | {_ci(d['recall_at_k'])} | {_ci(d['ndcg_at_k'])} |")
+    e = report["engine"]
+    c = report["counts"]
+    lines += [
+        "",
+        "Methods: `popularity` (time-decayed counts), `last_item` (neighbours of the last "
+        "positive item), `mean_embedding` (time-decayed mean of the history), `pinnersage` "
+        "(streaming PinnerSage, top-3 medoids by importance, lists blended by importance "
+        "quota with `serving.blend`), `pinnersage_sample3` (3 medoids sampled by importance), "
+        "`pinnersage_1` / `pinnersage_5` (top 1 / 5), `pinnersage_centroid` (cluster centroids "
+        "instead of medoids), `pinnersage_lambda_*` (importance decay ablation). Lambda "
+        f"(per day) = {s['decay_per_day']} for every time-decayed method unless named.",
+        "",
+        f"Engine: merge_threshold={e['merge_threshold']}, max_clusters={e['max_clusters']}, "
+        f"window_days={e['window_days']}, max_actions={e['max_actions']}, "
+        f"recluster_every={e['recluster_every']}. Weight by rating: {s['weight_by_rating']}.",
+        "",
+        f"Counts: {c['test_positive_events']:,} positive test events, "
+        f"{c['cold_start_skipped']:,} skipped as cold start (no earlier positive), "
+        f"{c['repeat_skipped']:,} skipped as repeats of an already-engaged item. "
+        "Fallbacks = test events a method could not answer (no state) and that got the "
+        "popularity list.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_recall(report: dict[str, Any], path: Path) -> None:
+    """Recall@K for K = 1..max_k, one line per method (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for name, m in report["methods"].items():
+        curve = m["recall_curve"]
+        main = name in (PRIMARY, *BASELINES)
+        ax.plot(
+            range(1, len(curve) + 1),
+            curve,
+            label=name,
+            linewidth=2.2 if main else 1.0,
+            linestyle="-" if main else "--",
+        )
+    ax.set_xlabel("K")
+    ax.set_ylabel("Recall@K")
+    ax.set_title(f"{report['dataset']}: {report['test_events']:,} test events")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    tmp = path.with_suffix(".png.tmp")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_reports(report: dict[str, Any], out: Path) -> dict[str, Path]:
+    """``quality.md``, ``quality.json`` and ``recall_at_k.png`` under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "markdown": out / "quality.md",
+        "json": out / "quality.json",
+        "plot": out / "recall_at_k.png",
+    }
+    paths["markdown"].write_text(markdown(report))
+    paths["json"].write_text(json.dumps(report, indent=1, default=float) + "\n")
+    plot_recall(report, paths["plot"])
+    return paths
+
+
+__all__ = [
+    "DATASETS",
+    "DEFAULT_ACTION_WEIGHTS",
+    "EvalSettings",
+    "embed_items",
+    "load_dataset",
+    "markdown",
+    "method_suite",
+    "plot_recall",
+    "run_eval",
+    "write_reports",
+]
