@@ -229,12 +229,14 @@ def markdown(report: dict[str, Any]) -> str:
     """The results table, the paired comparisons and the setup, as markdown."""
     k = report["k"]
     s = report["settings"]
+    threshold = s["positive_min_rating"]
+    positives = f"rating >= {threshold:g}" if threshold is not None else "every engagement"
     lines = [
         f"# Recommendation quality: {report['dataset']}",
         "",
         f"Chronological replay, global time split (first {s['split']:.0%} of the time range "
         f"warms up, the rest is test). {report['test_events']:,} positive test events "
-        f"(rating >= {s['positive_min_rating']}) from {report['users']:,} users, "
+        f"({positives}) from {report['users']:,} users, "
         f"{report['items']:,} items, {report['events']:,} events; each test event is ranked "
         f"against the whole catalogue (minus the user's already-rated items) from the state "
         f"before it, then applied. 95% intervals: user-level bootstrap ({s['bootstrap']} "
