@@ -1,0 +1,133 @@
+"""Helpers for the serving tests: a small world on the broker, records as the worker makes them."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from serving.readmodels import ReadModelConfig, ReadModels
+from streams.generate import GeneratedData, generate
+from streams.interests import InterestClusters
+from streams.publish import Publisher
+from streams.schemas import Engagement, InterestSummary, ItemEmbedding, UserInterests
+from streams.settings import KafkaSettings
+from streams.topics import ITEM_EMBEDDINGS, USER_INTERESTS
+
+
+@dataclass
+class World:
+    data: GeneratedData
+    vectors: dict[str, np.ndarray]
+    states: dict[str, InterestClusters]
+
+    def topic_of(self, item_id: str) -> int:
+        items = self.data.truth["items"]
+        assert isinstance(items, dict)
+        return int(items[item_id])
+
+    def category_of(self, item_id: str) -> str:
+        return next(it.category for it in self.data.items if it.item_id == item_id) or ""
+
+
+def topic_vectors(data: GeneratedData, dim: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
+    """Item vectors clustered by the generator's latent topics."""
+    rng = np.random.default_rng(seed)
+    items = data.truth["items"]
+    assert isinstance(items, dict)
+    centers = rng.normal(size=(max(items.values()) + 1, dim))
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    out = {}
+    for item_id, topic in sorted(items.items()):
+        v = centers[topic] + 0.35 * rng.normal(size=dim) / np.sqrt(dim)
+        out[item_id] = (v / np.linalg.norm(v)).astype(np.float32)
+    return out
+
+
+def make_world(users: int = 30, items: int = 400, events: int = 3000, seed: int = 5) -> World:
+    data = generate(users=users, items=items, events=events, seed=seed)
+    vectors = topic_vectors(data)
+    states: dict[str, InterestClusters] = {}
+    for ev in data.engagements:
+        states.setdefault(ev.user_id, InterestClusters()).learn_one(ev, vectors[ev.item_id])
+    return World(data, vectors, states)
+
+
+def embedding_record(
+    item_id: str, vector: np.ndarray, text: str = "", category: str | None = None, ts: int = 0
+) -> ItemEmbedding:
+    return ItemEmbedding.from_vector(
+        item_id, vector, encoder_version="test", source_ts=ts, text=text, category=category
+    )
+
+
+def publish_items(settings: KafkaSettings, world: World) -> None:
+    with Publisher(settings) as pub:
+        for it in world.data.items:
+            rec = embedding_record(
+                it.item_id, world.vectors[it.item_id], it.text, it.category, it.ts
+            )
+            pub.send(ITEM_EMBEDDINGS.name, rec.to_json(), key=rec.key)
+
+
+def interests_record(user_id: str, state: InterestClusters, published: int = 10) -> UserInterests:
+    """The record the interests worker publishes for this state."""
+    now = state.last_ts
+    return UserInterests(
+        user_id=user_id,
+        interests=[
+            InterestSummary(
+                medoid=i.medoid, importance=i.importance, size=i.size, members=list(i.members[:5])
+            )
+            for i in state.top_medoids(published, now)
+        ],
+        n_actions=state.n_actions,
+        last_event_id=state.last_event_id,
+        last_event_ts=now,
+        updated_ms=int(time.time() * 1000),
+        state=base64.b64encode(state.to_bytes()).decode(),
+    )
+
+
+def publish_users(
+    settings: KafkaSettings, world: World, users: Iterable[str] | None = None
+) -> None:
+    with Publisher(settings) as pub:
+        for user_id in users if users is not None else world.states:
+            rec = interests_record(user_id, world.states[user_id])
+            pub.send(USER_INTERESTS.name, rec.to_json(), key=rec.key)
+
+
+def engage(world: World, user_id: str, item_ids: Iterable[str], ts: int) -> list[Engagement]:
+    """Apply new engagements to the world's state for the user (as the worker would)."""
+    out = []
+    for n, item_id in enumerate(item_ids):
+        ev = Engagement(
+            event_id=f"x-{user_id}-{ts}-{n}",
+            user_id=user_id,
+            item_id=item_id,
+            action="like",
+            ts=ts + n,
+        )
+        world.states[user_id].learn_one(ev, world.vectors[item_id])
+        out.append(ev)
+    return out
+
+
+def read_models(settings: KafkaSettings, data_dir: Path, **config: object) -> ReadModels:
+    cfg = ReadModelConfig(data_dir=data_dir, snapshot_every_s=0, **config)  # type: ignore[arg-type]
+    return ReadModels(settings, cfg)
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str = "") -> float:
+    """Poll until true; returns the seconds it took."""
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout_s:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.01)
+    return time.monotonic() - started

@@ -1,0 +1,100 @@
+"""Serving read models on the real broker: materialize, stay live, delete, restart from snapshot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from serving.readmodels import ReadModels
+from streams.broker import EmbeddedBroker
+from streams.publish import Publisher
+from streams.schemas import Engagement
+from streams.topics import ITEM_EMBEDDINGS, USER_INTERESTS
+from tests._serving import (
+    embedding_record,
+    engage,
+    interests_record,
+    make_world,
+    publish_items,
+    publish_users,
+    read_models,
+    wait_until,
+)
+
+
+def _recommend(rm: ReadModels, user_id: str, k: int = 10) -> list[str]:
+    assert rm.recommender is not None
+    return [r.item_id for r in rm.recommender.recommend(rm.profile(user_id), k).items]
+
+
+def test_read_models_materialize_topics_and_follow_updates_and_deletes(
+    fresh_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    settings = fresh_broker.settings()
+    world = make_world()
+    publish_items(settings, world)
+    publish_users(settings, world)
+    with read_models(settings, tmp_path / "r") as rm:
+        assert rm.wait_ready(30), rm.status()
+        assert len(rm.catalog) == len(world.data.items) and rm.index is not None
+        user = max(world.states, key=lambda u: world.states[u].n_actions)
+        profile = rm.profile(user)
+        assert profile is not None and profile.seen == world.states[user].seen_items
+        recs = _recommend(rm, user)
+        assert len(recs) == 10 and not set(recs) & profile.seen
+
+        # The user engages with items of a topic they never touched: their recs follow.
+        topics_seen = {world.topic_of(i) for i in world.states[user].seen_items}
+        fresh_topic = next(t for t in range(24) if t not in topics_seen)
+        new_items = [i for i in world.vectors if world.topic_of(i) == fresh_topic][:6]
+        engage(world, user, new_items, ts=world.states[user].last_ts + 1000)
+        rec = interests_record(user, world.states[user])
+        with Publisher(settings) as pub:
+            pub.send(USER_INTERESTS.name, rec.to_json(), key=rec.key)
+        wait_until(
+            lambda: any(world.topic_of(i) == fresh_topic for i in _recommend(rm, user, 20)),
+            5,
+            "recommendations from the new interest",
+        )
+        assert rm.profile(user).applied_ms > 0  # type: ignore[union-attr]
+
+        # A deleted item disappears at once, and its cached neighbourhoods are corrected.
+        victim = _recommend(rm, user)[0]
+        with Publisher(settings) as pub:
+            pub.send(ITEM_EMBEDDINGS.name, None, key=victim.encode())
+        wait_until(lambda: victim not in rm.catalog, 5, "the delete")
+        assert victim not in _recommend(rm, user, 50)
+        assert rm.index is not None and victim not in rm.index
+
+
+def test_restart_restores_the_snapshot_and_replays_only_the_tail(
+    fresh_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    settings = fresh_broker.settings()
+    world = make_world(users=10, items=200, events=800)
+    publish_items(settings, world)
+    publish_users(settings, world)
+    with read_models(settings, tmp_path / "r") as rm:
+        assert rm.wait_ready(30)
+    # While the replica is down: one new item, one deleted item, one engagement.
+    new = embedding_record("brand-new", world.vectors["i0"], "brand new thing", "fresh")
+    with Publisher(settings) as pub:
+        pub.send(ITEM_EMBEDDINGS.name, new.to_json(), key=new.key)
+        pub.send(ITEM_EMBEDDINGS.name, None, key=b"i1")
+        pub.publish(Engagement(event_id="p1", user_id="zz", item_id="i5", action="view", ts=1))
+    rm2 = read_models(settings, tmp_path / "r")
+    applied: list[int] = []
+    original_apply = rm2.apply
+
+    def counting_apply(batch: dict) -> None:
+        applied.append(sum(len(v) for v in batch.values()))
+        original_apply(batch)
+
+    rm2.apply = counting_apply  # type: ignore[method-assign]
+    with rm2:
+        assert rm2.wait_ready(30)
+        assert "brand-new" in rm2.catalog and rm2.index is not None and "brand-new" in rm2.index
+        assert "i1" not in rm2.catalog and "i1" not in rm2.index
+        assert len(rm2.catalog) == len(world.data.items)  # +1 new, -1 deleted
+        assert rm2.popularity.score("i5", 1) > 0
+        assert sum(applied) == 3  # the tail only, not the 200 items and 10 users again
+        assert rm2.profile("u1") is not None
