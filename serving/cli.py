@@ -208,6 +208,38 @@ def demo(
     )
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    data_dir: Annotated[
+        Path, typer.Option(help="Replica state: RocksDB stores and snapshots.")
+    ] = Path("data/serving"),
+    snapshot_every_s: Annotated[
+        float, typer.Option(help="Seconds between snapshots (0 = only on shutdown).")
+    ] = 300.0,
+    bootstrap_servers: Bootstrap = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
+) -> None:
+    """Run the HTTP API (recommendations, interests, events, dashboard) as one serving replica."""
+    import uvicorn
+
+    from serving.app import create_app
+    from serving.readmodels import ReadModelConfig, ReadModels
+    from streams.topics import ensure_topics
+
+    _setup_logging()
+    settings = _settings(bootstrap_servers)
+    ensure_topics(settings)
+    models = ReadModels(
+        settings, ReadModelConfig(data_dir=data_dir, snapshot_every_s=snapshot_every_s)
+    )
+    typer.echo(f"recstream API on http://{host}:{port}/ (docs at /docs)", err=True)
+    uvicorn.run(
+        create_app(models, settings), host=host, port=port, log_level=log_level, access_log=False
+    )
+
+
 worker_app = typer.Typer(
     help="Run one streaming role against --bootstrap-servers.", no_args_is_help=True
 )
