@@ -71,6 +71,12 @@ class ReplayData:
         if any(b < a for a, b in itertools.pairwise(ts)):
             raise ValueError("events must be in timestamp order")
 
+    def with_vectors(self, vectors: np.ndarray) -> ReplayData:
+        """The same log over other embeddings of the same items (normalized here)."""
+        v = np.asarray(vectors, dtype=np.float32)
+        v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        return ReplayData(self.name, self.item_ids, v, self.events, self.positive, self.weight)
+
     def only_users(self, users: set[str]) -> ReplayData:
         keep = [i for i, e in enumerate(self.events) if e.user_id in users]
         return ReplayData(

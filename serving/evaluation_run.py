@@ -6,6 +6,7 @@ method suite, and the outputs (``quality.md``, ``quality.json``, ``recall_at_k.p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -59,6 +60,7 @@ class EvalSettings:
     split: float = 0.8
     max_k: int = 50
     encoder_variant: str = "fp32"
+    head_epochs: int = 0  # > 0: fine-tune the encoder head on training-period co-engagement
     model_dir: Path | None = None
     data_dir: Path | None = None
     generated: dict[str, int] = field(
@@ -122,6 +124,43 @@ def method_suite(
     return methods
 
 
+def head_vectors(
+    data: ReplayData, items: Sequence[Item], split_ts: int, epochs: int, seed: int = 0
+) -> tuple[np.ndarray, int]:
+    """Item vectors through a head fit (``encoders.head``) to co-engagement *before* the split.
+
+    Only positive engagements strictly before ``split_ts`` make pairs, so the test period
+    never reaches the encoder. Returns the vectors and the number of training pairs.
+    """
+    from encoders.coengagement import coengagement_pairs
+    from encoders.head import HeadConfig, apply_head, fit_head
+    from encoders.records import Engagements
+    from encoders.text import MAX_TAGS, category_ids, tag_ids
+
+    cfg = HeadConfig(epochs=epochs, seed=seed)
+    row = {item_id: i for i, item_id in enumerate(data.item_ids)}
+    users = {u: i for i, u in enumerate(sorted({e.user_id for e in data.events}))}
+    train = [
+        e for e, pos in zip(data.events, data.positive, strict=True) if pos and e.ts < split_ts
+    ]
+    train.sort(key=lambda e: (users[e.user_id], e.ts))
+    eng = Engagements(
+        users=np.array([users[e.user_id] for e in train], dtype=np.int64),
+        items=np.array([row[e.item_id] for e in train], dtype=np.int64),
+        ts=np.array([e.ts for e in train], dtype=np.int64),
+    )
+    pairs = coengagement_pairs(
+        eng, window=cfg.window, max_gap_ms=cfg.max_gap_ms, before_ts=split_ts
+    )
+    by_id = {it.item_id: it for it in items}
+    ordered = [by_id[i] for i in data.item_ids]
+    cats = category_ids([it.category for it in ordered], cfg.category_buckets)
+    tags = tag_ids([it.tags for it in ordered], cfg.tag_buckets, MAX_TAGS)
+    head, losses = fit_head(data.vectors, cats, tags, pairs, cfg)
+    log.info("head: %d pairs, loss %.3f -> %.3f", len(pairs[0]), losses[0], losses[-1])
+    return apply_head(head, data.vectors, cats, tags), len(pairs[0])
+
+
 def _select_users(data: ReplayData, limit: int | None, seed: int) -> ReplayData:
     if limit is None:
         return data
@@ -165,6 +204,19 @@ def run_eval(
         action_weights=action_weights,
     )
     data = _select_users(data, settings.limit_users, settings.seed)
+    protocol = Protocol_(split=settings.split, max_k=settings.max_k)
+    first, last = data.events[0].ts, data.events[-1].ts
+    split_ts = int(first + settings.split * (last - first))
+    head_pairs = 0
+    if settings.head_epochs > 0:
+        log.info(
+            "fitting the encoder head on the training period (%d epochs)", settings.head_epochs
+        )
+        fitted, head_pairs = head_vectors(
+            data, items, split_ts, settings.head_epochs, settings.seed
+        )
+        data = data.with_vectors(fitted)
+        encoder = f"{encoder} + head fit on the training period ({head_pairs} pairs)"
     methods = method_suite(
         data.vectors,
         settings.engine,
@@ -173,7 +225,7 @@ def run_eval(
         seed=settings.seed,
     )
     log.info("replaying %d events through %d methods", len(data.events), len(methods))
-    result = evaluate(data, methods, Protocol_(split=settings.split, max_k=settings.max_k))
+    result = evaluate(data, methods, dataclasses.replace(protocol, split_ts=split_ts))
     t_replay = time.perf_counter()
     pairs = [(PRIMARY, b) for b in BASELINES]
     per_method, diffs = metrics(
@@ -200,6 +252,8 @@ def run_eval(
             "bootstrap": settings.bootstrap,
             "seed": settings.seed,
             "min_history": 1,
+            "head_epochs": settings.head_epochs,
+            "head_pairs": head_pairs,
         },
         "engine": engine,
         "encoder": encoder,
