@@ -39,7 +39,7 @@ from encoders.coengagement import (
     split_time,
 )
 from encoders.manifest import HEAD_MANIFEST_FILE, MANIFEST_FILE, HeadManifest, TextManifest
-from encoders.providers import CPU, physical_cores
+from encoders.providers import CPU
 from encoders.records import read_engagements, read_items
 from encoders.session import EncoderSession
 from encoders.text import MAX_TAGS, category_ids, item_text, tag_ids
@@ -133,6 +133,9 @@ class HeadConfig:
     k: int = 10
     max_eval_queries: int = 5000
     seed: int = 0
+    # The head is small: one torch thread beats several (their sync costs more than the math,
+    # badly so on a shared CPU); raise it for very large batches or hidden sizes.
+    torch_threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -288,13 +291,31 @@ def train_head(
     ``head.json``, so ``EncoderSession(out_dir)`` runs text encoder then head. ``base_model_dir``
     defaults to ``default_model_dir()`` (exported on first use); ``epochs`` overrides the config.
     """
-    from encoders.models import default_model_dir, ensure_exported
-
     start = time.perf_counter()
     cfg = config or HeadConfig()
     if epochs is not None:
         cfg = dataclasses.replace(cfg, epochs=epochs)
-    torch.set_num_threads(physical_cores())
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.torch_threads)
+    try:
+        return _train_head(
+            items_path, engagements_path, out_dir, base_model_dir, cfg, variant, start
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train_head(
+    items_path: Path,
+    engagements_path: Path,
+    out_dir: Path,
+    base_model_dir: Path | None,
+    cfg: HeadConfig,
+    variant: str,
+    start: float,
+) -> HeadReport:
+    from encoders.models import default_model_dir, ensure_exported
+
     base_dir = Path(base_model_dir) if base_model_dir is not None else default_model_dir()
     if base_model_dir is None:
         ensure_exported(base_dir)
@@ -306,7 +327,7 @@ def train_head(
             f"need items and engagements to train on: {len(items)} items, {len(eng)} "
             f"engagements with known items ({eng.unknown_items} with unknown items)"
         )
-    session = EncoderSession(base_dir, variant=variant, use_head=False)  # type: ignore[arg-type]
+    session = EncoderSession(base_dir, variant=variant, use_head=False)
     texts = [
         item_text(t, c, g)
         for t, c, g in zip(items.texts, items.categories, items.tags, strict=False)

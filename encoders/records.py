@@ -200,7 +200,7 @@ def encode_jsonl(
 
             model_dir = default_model_dir()
             ensure_exported(model_dir)
-        session = EncoderSession(Path(model_dir), variant=variant)  # type: ignore[arg-type]
+        session = EncoderSession(Path(model_dir), variant=variant)
     start = time.perf_counter()
     written = encoded = precomputed = skipped = 0
     batch: list[dict[str, Any]] = []

@@ -74,7 +74,7 @@ class EncoderSession:
         self,
         model_dir: Path,
         *,
-        variant: Variant = "auto",
+        variant: Variant | str = "auto",
         max_batch: int = 64,
         providers: Sequence[str] | None = None,
         intra_op_threads: int | None = None,
@@ -86,6 +86,8 @@ class EncoderSession:
         self.manifest = TextManifest.load(self.model_dir)
         quiet_onnxruntime()
         chosen = list(providers) if providers is not None else choose_providers()
+        if variant not in ("auto", "fp32", "int8"):
+            raise ValueError(f"variant must be 'auto', 'fp32' or 'int8', not {variant!r}")
         if variant == "auto":
             on_gpu = chosen[0] == CUDA
             variant = "int8" if not on_gpu and "int8" in self.manifest.files else "fp32"

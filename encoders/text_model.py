@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
 from torch import nn
 from torch.nn import functional as F
 
@@ -214,9 +215,9 @@ def load_text_encoder(source: Path) -> TextEncoder:
     return model.eval()
 
 
-def build_wordpiece_tokenizer(corpus: Iterable[str], vocab_size: int = 1000) -> object:
+def build_wordpiece_tokenizer(corpus: Iterable[str], vocab_size: int = 1000) -> Tokenizer:
     """A BERT-style WordPiece tokenizer (uncased) trained on ``corpus`` with ``tokenizers``."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
     from tokenizers.trainers import WordPieceTrainer
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
@@ -267,9 +268,9 @@ def build_tiny_text_encoder(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = build_wordpiece_tokenizer(corpus or _DEFAULT_TINY_CORPUS, vocab_size=vocab_size)
-    tok.save(str(out_dir / "tokenizer.json"))  # type: ignore[attr-defined]
+    tok.save(str(out_dir / "tokenizer.json"))
     cfg = BertConfig(
-        vocab_size=tok.get_vocab_size(),  # type: ignore[attr-defined]
+        vocab_size=tok.get_vocab_size(),
         hidden_size=dim,
         num_hidden_layers=layers,
         num_attention_heads=heads,
