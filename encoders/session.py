@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
+from tokenizers import Tokenizer
 
 from encoders.manifest import HEAD_MANIFEST_FILE, HeadManifest, TextManifest
 from encoders.models import default_model_dir, ensure_exported
@@ -119,6 +120,11 @@ class EncoderSession:
     @property
     def dim(self) -> int:
         return self.head.dim if self.head is not None else self.manifest.dim
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The WordPiece tokenizer (truncating to the manifest's max length, no padding)."""
+        return self._tokenizer
 
     @property
     def version(self) -> str:
