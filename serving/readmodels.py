@@ -534,7 +534,7 @@ class ReadModels:
                 self._reject(m, tp, exc.reason)
                 continue
             latest[rec.user_id] = (rec, m.value)
-        self._pending_users = latest
+        self._pending_users.update(latest)
         for user_id, (rec, raw) in latest.items():
             if rec is None:
                 self.db.users.delete(user_id, batch=b)

@@ -57,6 +57,22 @@ def test_read_models_materialize_topics_and_follow_updates_and_deletes(
         )
         assert rm.profile(user).applied_ms > 0  # type: ignore[union-attr]
 
+        # Many users updated at once (records on every partition): every cached profile follows.
+        for u in world.states:
+            assert rm.profile(u) is not None  # cached now
+        for u in world.states:
+            engage(world, u, ["i7"], ts=world.states[u].last_ts + 1)
+        publish_users(settings, world)
+        wait_until(
+            lambda: all(
+                rm.profile(u).n_actions == world.states[u].n_actions  # type: ignore[union-attr]
+                for u in world.states
+            ),
+            5,
+            "every user's new interests",
+        )
+        assert set(rm.recent_users) == set(world.states)
+
         # A deleted item disappears at once, and its cached neighbourhoods are corrected.
         victim = _recommend(rm, user)[0]
         with Publisher(settings) as pub:

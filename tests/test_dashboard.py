@@ -1,0 +1,109 @@
+"""The dashboard in headless Chromium: clusters, projection and recommendations for a user.
+
+Needs Debian's ``chromium`` (``/usr/bin/chromium``) and the ``playwright`` Python package (its
+own browser downloads are not used). Set ``RECSTREAM_SCREENSHOT_TO=path.png`` to keep a copy of
+the screenshot (the README's ``docs/dashboard.png`` is made this way).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from serving.app import create_app
+from streams.broker import EmbeddedBroker, free_port
+from tests._serving import make_world, publish_items, publish_users, read_models
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason="no chromium binary (apt-get install chromium)"
+)
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+def server(fresh_broker: EmbeddedBroker, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    import uvicorn
+
+    settings = fresh_broker.settings()
+    world = make_world(users=12, items=400, events=2500, seed=21)
+    publish_items(settings, world)
+    publish_users(settings, world)
+    rm = read_models(settings, tmp_path / "serving")
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(rm, settings, api_keys=[]), host="127.0.0.1", port=port, log_level="warning"
+    )
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not (srv.started and rm.ready):
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    user = max(world.states, key=lambda u: world.states[u].n_clusters)
+    yield f"http://127.0.0.1:{port}", user
+    srv.should_exit = True
+    thread.join(timeout=15)
+
+
+def test_dashboard_shows_clusters_projection_and_recommendations(
+    server: tuple[str, str], tmp_path: Path
+) -> None:
+    playwright = pytest.importorskip("playwright.sync_api")
+    base, user = server
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{base}/?user={user}")
+            page.wait_for_selector(f"body[data-loaded-user='{user}']", timeout=15_000)
+            clusters = page.locator("#clusters li.cluster")
+            assert clusters.count() >= 2
+            assert page.locator("#recs .rec-group").count() >= 2  # grouped by interest
+            assert page.locator("#recs .rec-item").count() == 20
+            assert "personalized" in page.locator("#recs-kind").inner_text()
+            # Every group is one of the user's interests (its medoid is listed as a cluster).
+            medoids = set(clusters.evaluate_all("els => els.map(e => e.dataset.medoid)"))
+            groups = page.locator("#recs .rec-group").evaluate_all(
+                "els => els.map(e => e.dataset.medoid)"
+            )
+            assert set(groups) <= medoids
+            # The projection is drawn: several colours on the canvas, not a blank box.
+            colours = page.evaluate(
+                """() => {
+                    const c = document.getElementById('plot');
+                    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                    const seen = new Set();
+                    for (let i = 0; i < d.length; i += 4 * 17) if (d[i + 3] > 0)
+                        seen.add(`${d[i] >> 4},${d[i + 1] >> 4},${d[i + 2] >> 4}`);
+                    return seen.size;
+                }"""
+            )
+            assert colours >= 3
+            assert "freshness" in page.locator("#freshness").inner_text()
+            assert page.locator("#user-select option").count() >= 1
+            shot = tmp_path / "dashboard.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            if keep := os.environ.get("RECSTREAM_SCREENSHOT_TO"):
+                Path(keep).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(shot, keep)
+            assert not errors, errors
+        finally:
+            browser.close()
