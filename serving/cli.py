@@ -178,34 +178,43 @@ def generate(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Working directory for the demo's data.")] = Path(
-        "data/demo"
+    out: Annotated[
+        Path, typer.Option(help="Working directory for the demo's data and logs.")
+    ] = Path("data/demo"),
+    port: Annotated[int, typer.Option(help="Port of the API and dashboard.")] = 8000,
+    dataset: Annotated[
+        str, typer.Option(help="auto (MovieLens 100k, else synthetic), movielens or synthetic")
+    ] = "auto",
+    live_rate: Annotated[
+        float, typer.Option(min=0, help="Live events per second replayed after the warm load.")
+    ] = 5.0,
+    warm_fraction: Annotated[
+        float, typer.Option(min=0, max=1, help="Share of the events loaded at once.")
+    ] = 0.8,
+    events: Annotated[int, typer.Option(min=1, help="Synthetic events (synthetic data only).")] = (
+        20_000
     ),
-    events: Annotated[int, typer.Option(min=1)] = 20_000,
+    duration_s: Annotated[
+        float | None, typer.Option("--duration-s", help="Stop cleanly after this many seconds.")
+    ] = None,
+    quiet: Quiet = False,
 ) -> None:
-    """Run the embedded default: broker, sample data published, recorded back."""
-    from streams.broker import EmbeddedBroker
-    from streams.generate import generate as gen
-    from streams.generate import write
-    from streams.publish import Publisher
-    from streams.replay import record as do_record
-    from streams.topics import ENGAGEMENTS, ensure_topics
+    """Run everything locally: broker, encoder and interests workers, API + live dashboard."""
+    from serving.demo import run_demo
 
-    _setup_logging()
-    data = gen(users=200, items=2000, events=events, seed=0)
-    paths = write(data, out / "generated")
-    with EmbeddedBroker() as b:
-        settings = b.settings()
-        ensure_topics(settings)
-        typer.echo(f"embedded broker on {b.bootstrap_servers}", err=True)
-        with Publisher(settings) as pub:
-            pub.publish_many(data.items)
-            pub.publish_many(data.engagements)
-        n = do_record(settings, ENGAGEMENTS.name, out / "engagements.log.jsonl", timeout_s=1.0)
-    typer.echo(
-        f"published {len(data.items)} items and {len(data.engagements)} engagements "
-        f"from {paths['engagements'].parent}; recorded {n} records back"
+    _setup_logging(logging.WARNING)
+    code = run_demo(
+        out,
+        port=port,
+        dataset=dataset,
+        warm_fraction=warm_fraction,
+        live_rate=live_rate,
+        duration_s=duration_s,
+        synthetic_events=events,
+        progress=not quiet,
+        echo=lambda msg: typer.echo(msg, err=True),
     )
+    raise typer.Exit(code)
 
 
 @app.command()
