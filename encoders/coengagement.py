@@ -13,6 +13,7 @@ import numpy as np
 from encoders.records import Engagements
 
 HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
 
 
 def coengagement_pairs(

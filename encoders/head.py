@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from encoders.coengagement import (
-    HOUR_MS,
+    DAY_MS,
     coengagement_pairs,
     next_item_queries,
     recall_at_k,
@@ -128,7 +128,7 @@ class HeadConfig:
     category_buckets: int = 1024
     tag_buckets: int = 4096
     window: int = 3  # pair each engagement with the user's next `window` engagements ...
-    max_gap_ms: int = HOUR_MS  # ... that follow within this time
+    max_gap_ms: int = DAY_MS  # ... that follow within this time
     test_fraction: float = 0.2  # the latest engagements, held out for recall
     k: int = 10
     max_eval_queries: int = 5000

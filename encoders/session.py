@@ -139,6 +139,11 @@ class EncoderSession:
             f"provider={self.provider!r}, threads={self.intra_op_threads})"
         )
 
+    def run_batch(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """The text encoder on one pre-tokenized, padded int64 batch: (batch, base dim)."""
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+        return np.asarray(self._encoder.run(None, feeds)[0])
+
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """Base text-encoder embeddings (no head): (n, base dim) float32, L2-normalized."""
         n = len(texts)
