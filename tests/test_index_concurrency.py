@@ -34,7 +34,10 @@ class WriterLog:
 
 @pytest.mark.parametrize("copies", [2, 1])
 def test_readers_and_a_writer_together_return_only_valid_ids(copies: int, tmp_path: Path) -> None:
-    pool, _ = clustered_unit_vectors(60_000, DIM, clusters=300, seed=21)
+    vectors, _ = clustered_unit_vectors(90_000, DIM, clusters=300, seed=21)
+    # New items take `pool` rows; replacements take unused `spare` rows, so no two live items
+    # ever share a vector and "every item finds itself" below is well defined.
+    pool, spare = vectors[:60_000], vectors[60_000:]
     queries, _ = clustered_unit_vectors(500, DIM, clusters=300, seed=21 + 1)
     index = ItemIndex(DIM, copies=copies, M=8, ef_construction=40, ef=32, initial_capacity=16)
     log = WriterLog()
@@ -47,16 +50,16 @@ def test_readers_and_a_writer_together_return_only_valid_ids(copies: int, tmp_pa
         live: list[int] = []
         capacity = index.capacity
         last_snapshot = time.monotonic()
+        spare_used = 0
         try:
             while not log.done.is_set() and log.issued + 60 <= len(pool):
                 start = log.issued
                 new = list(range(start, start + 60))
                 replaced = rng.choice(live, size=min(10, len(live)), replace=False).tolist()
+                fresh = spare[spare_used : spare_used + len(replaced)]
+                spare_used += len(replaced)
                 log.issued = start + 60
-                index.upsert(
-                    [f"n{i}" for i in new + replaced],
-                    np.vstack([pool[new], pool[rng.integers(0, len(pool), len(replaced))]]),
-                )
+                index.upsert([f"n{i}" for i in new + replaced], np.vstack([pool[new], fresh]))
                 live.extend(new)
                 doomed = set(rng.choice(live, size=15, replace=False).tolist())
                 live = [i for i in live if i not in doomed]
