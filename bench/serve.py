@@ -153,7 +153,7 @@ def main() -> None:
     import httpx
 
     from stores.synthetic import clustered_unit_vectors
-    from streams.broker import EmbeddedBroker, free_port
+    from streams.broker import EMBEDDED_ENV, EmbeddedBroker, free_port
     from streams.publish import Publisher
     from streams.schemas import Engagement, ItemEmbedding
     from streams.topics import ITEM_EMBEDDINGS, USER_INTERESTS, ensure_topics
@@ -166,8 +166,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     env = {
         **os.environ,
-        "RECSTREAM_KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "RECSTREAM_KAFKA_REBALANCE_TIMEOUT_MS": "6000",
+        **EMBEDDED_ENV,
         "RECSTREAM_API_KEYS": "",
     }
     procs: list[subprocess.Popen[bytes]] = []

@@ -26,17 +26,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import emit, parse_args, percentile_ms, progress
-from streams.broker import EmbeddedBroker, free_port
+from streams.broker import EMBEDDED_ENV, EmbeddedBroker, free_port
 from streams.publish import Publisher
 from streams.schemas import Engagement, ItemEmbedding
 from streams.settings import KafkaSettings
 from streams.topics import ENGAGEMENTS, ITEM_EMBEDDINGS, USER_INTERESTS, ensure_topics
 
 DIM = 384
-FAST_GROUPS = {
-    "RECSTREAM_KAFKA_SESSION_TIMEOUT_MS": "6000",
-    "RECSTREAM_KAFKA_REBALANCE_TIMEOUT_MS": "6000",
-}
 
 
 def bare_agent(bootstrap: str, n: int, app_id: str, datadir: str) -> None:
@@ -44,16 +40,29 @@ def bare_agent(bootstrap: str, n: int, app_id: str, datadir: str) -> None:
     import faust
 
     app = faust.App(
-        app_id, broker=f"kafka://{bootstrap}", store="memory://", datadir=datadir,
-        broker_rebalance_timeout=6.0, broker_session_timeout=6.0, broker_heartbeat_interval=1.0,
-        consumer_auto_offset_reset="earliest", web_enabled=False, stream_wait_empty=False,
+        app_id,
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        datadir=datadir,
+        broker_rebalance_timeout=6.0,
+        broker_session_timeout=6.0,
+        broker_heartbeat_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        stream_wait_empty=False,
     )
-    topic = app.topic(ENGAGEMENTS.name, key_type=bytes, value_type=bytes, key_serializer="raw",
-                      value_serializer="raw", partitions=ENGAGEMENTS.partitions)
+    topic = app.topic(
+        ENGAGEMENTS.name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=ENGAGEMENTS.partitions,
+    )
     state = {"seen": 0, "t0": 0.0}
 
     @app.agent(topic)
-    async def consume(stream):  # type: ignore[no-untyped-def]
+    async def consume(stream):
         async for events in stream.take_events(2000, within=0.02):
             if not state["seen"]:
                 state["t0"] = time.perf_counter()
@@ -71,8 +80,13 @@ def make_events(n: int, users: int, items: int, start_ts: int, seed: int) -> lis
     us = rng.integers(0, users, size=n)
     its = rng.integers(0, items, size=n)
     return [
-        Engagement(event_id=f"s{seed}-{i}", user_id=f"u{us[i]}", item_id=f"i{its[i]}",
-                   action="click", ts=start_ts + i)
+        Engagement(
+            event_id=f"s{seed}-{i}",
+            user_id=f"u{us[i]}",
+            item_id=f"i{its[i]}",
+            action="click",
+            ts=start_ts + i,
+        )
         for i in range(n)
     ]
 
@@ -93,8 +107,9 @@ def measure_freshness(
     """Publish at ``rate``/s; return publish -> user-interests-visible latencies (s)."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(**settings.kafka_python(), enable_auto_commit=False,
-                             fetch_max_wait_ms=10)
+    consumer = KafkaConsumer(
+        **settings.kafka_python(), enable_auto_commit=False, fetch_max_wait_ms=10
+    )
     tps = [TopicPartition(USER_INTERESTS.name, p) for p in range(USER_INTERESTS.partitions)]
     consumer.assign(tps)
     consumer.seek_to_end(*tps)
@@ -148,7 +163,7 @@ def main() -> None:
     users, items = (2_000, 2_000) if args.quick else (10_000, 20_000)
     fresh_s = 5.0 if args.quick else 15.0
     tmp = Path(tempfile.mkdtemp(prefix="bench-stream-"))
-    env = {**os.environ, **FAST_GROUPS}
+    env = {**os.environ, **EMBEDDED_ENV}
     with EmbeddedBroker() as broker:
         settings = broker.settings()
         ensure_topics(settings)
@@ -157,16 +172,27 @@ def main() -> None:
         vecs = rng.normal(size=(items, DIM)).astype(np.float32)
         with Publisher(settings) as pub:
             for i in range(items):
-                rec = ItemEmbedding.from_vector(f"i{i}", vecs[i], encoder_version="bench",
-                                                source_ts=0)
+                rec = ItemEmbedding.from_vector(
+                    f"i{i}", vecs[i], encoder_version="bench", source_ts=0
+                )
                 pub.send(ITEM_EMBEDDINGS.name, rec.to_json(), key=rec.key)
             pub.publish_many(make_events(n, users, items, 1_700_000_000_000, seed=1))
 
         progress("bare faust agent (consume only)")
         bare = subprocess.run(
-            [sys.executable, __file__, "--bare-agent", broker.bootstrap_servers, str(n),
-             "bench-bare", str(tmp / "bare")],
-            env=env, capture_output=True, text=True, timeout=600,
+            [
+                sys.executable,
+                __file__,
+                "--bare-agent",
+                broker.bootstrap_servers,
+                str(n),
+                "bench-bare",
+                str(tmp / "bare"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         bare_s = json.loads(bare.stdout.strip().splitlines()[-1])["seconds"]
 
@@ -174,10 +200,22 @@ def main() -> None:
         port = free_port()
         log = open(tmp / "worker.log", "wb")  # noqa: SIM115
         worker = subprocess.Popen(
-            [sys.executable, "-m", "serving.cli", "worker", "interests", "--bootstrap-servers",
-             broker.bootstrap_servers, "--data-dir", str(tmp / "worker"),
-             "--metrics-port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "serving.cli",
+                "worker",
+                "interests",
+                "--bootstrap-servers",
+                broker.bootstrap_servers,
+                "--data-dir",
+                str(tmp / "worker"),
+                "--metrics-port",
+                str(port),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             t_first = t_last = 0.0

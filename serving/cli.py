@@ -8,11 +8,14 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from streams.settings import KafkaSettings
+
+if TYPE_CHECKING:
+    from encoders.session import EncoderSession
 
 app = typer.Typer(
     name="recstream",
@@ -263,7 +266,7 @@ def worker_interests(
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT.")
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 2000,
+    batch_size: Annotated[int, typer.Option(min=1, help="Most events per batch.")] = 10_000,
     bootstrap_servers: Bootstrap = None,
     loglevel: Annotated[str, typer.Option(help="crit, error, warn, info or debug")] = "warn",
 ) -> None:
@@ -310,7 +313,7 @@ def worker_encoder(
         worker.close()
 
 
-def _encoder(model_dir: Path | None, variant: str) -> object:
+def _encoder(model_dir: Path | None, variant: str) -> EncoderSession:
     from encoders.session import EncoderSession, default_model_dir, ensure_exported
 
     directory = model_dir or default_model_dir()

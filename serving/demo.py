@@ -26,16 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from streams.broker import EMBEDDED_ENV
 from streams.schemas import Engagement, Item
 
 log = logging.getLogger(__name__)
 
-# Group timeouts that let faust join in seconds on the embedded broker.
-EMBEDDED_ENV = {
-    "RECSTREAM_KAFKA_SESSION_TIMEOUT_MS": "6000",
-    "RECSTREAM_KAFKA_REBALANCE_TIMEOUT_MS": "6000",
-    "PYTHONUNBUFFERED": "1",
-}
+CHILD_ENV = {**EMBEDDED_ENV, "PYTHONUNBUFFERED": "1"}
 
 
 @dataclass(frozen=True)
@@ -167,11 +163,11 @@ def run_demo(
         ensure_topics(settings)
         bootstrap = ["--bootstrap-servers", broker.bootstrap_servers]
         echo(f"embedded broker on {broker.bootstrap_servers}")
-        children.start("encoder-worker", ["worker", "encoder", *bootstrap], EMBEDDED_ENV)
+        children.start("encoder-worker", ["worker", "encoder", *bootstrap], CHILD_ENV)
         children.start(
             "interests-worker",
             ["worker", "interests", *bootstrap, "--data-dir", str(out / "interests-worker")],
-            EMBEDDED_ENV,
+            CHILD_ENV,
         )
         children.start(
             "api",
@@ -187,7 +183,7 @@ def run_demo(
                 "--snapshot-every-s",
                 "60",
             ],
-            EMBEDDED_ENV,
+            CHILD_ENV,
         )
         data = load_sample(dataset, synthetic_events=synthetic_events)
         n_warm = int(len(data.engagements) * min(max(warm_fraction, 0.0), 1.0))

@@ -43,8 +43,19 @@ def broker_binary() -> Path:
 def embedded_settings(bootstrap_servers: str) -> KafkaSettings:
     """Settings for the embedded broker: short group timeouts so joins take ~3 s, not minutes."""
     return KafkaSettings(
-        bootstrap_servers=bootstrap_servers, session_timeout_ms=6000, rebalance_timeout_ms=6000
+        bootstrap_servers=bootstrap_servers,
+        session_timeout_ms=6000,
+        rebalance_timeout_ms=6000,
+        one_record_batches=True,
     )
+
+
+EMBEDDED_ENV = {
+    "RECSTREAM_KAFKA_SESSION_TIMEOUT_MS": "6000",
+    "RECSTREAM_KAFKA_REBALANCE_TIMEOUT_MS": "6000",
+    "RECSTREAM_KAFKA_ONE_RECORD_BATCHES": "1",
+}
+"""Environment for worker processes talking to the embedded broker (see ``embedded_settings``)."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:

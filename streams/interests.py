@@ -89,7 +89,7 @@ class InterestConfig:
     action_weights: Mapping[str, float] = field(default_factory=lambda: DEFAULT_ACTION_WEIGHTS)
     default_weight: float = 1.0
     recluster_every: int = 200
-    remembered_event_ids: int = 1024
+    remembered_event_ids: int = 256
 
     def __post_init__(self) -> None:
         if self.decay_per_day < 0:

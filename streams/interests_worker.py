@@ -30,13 +30,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
+import struct
 import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -58,6 +60,8 @@ from streams.topics import DEAD_LETTERS, ENGAGEMENTS, ITEM_EMBEDDINGS, USER_INTE
 log = logging.getLogger(__name__)
 
 APP_ID = "recstream-interests"
+# Table values: (partition, offset) of the user's last processed engagement, then the state.
+_POSITION = struct.Struct("<iq")
 
 
 @dataclass(frozen=True)
@@ -66,8 +70,8 @@ class InterestsWorkerConfig:
 
     app_id: str = APP_ID
     data_dir: Path = Path("data/interests-worker")
-    batch_size: int = 2000
-    batch_within_s: float = 0.02
+    batch_size: int = 10_000
+    batch_within_s: float = 0.05
     state_cache_users: int = 20_000
     item_cache_vectors: int = 100_000
     max_parked_per_user: int = 1_000
@@ -84,27 +88,41 @@ class WorkerMetrics:
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.events = Counter(
-            "recstream_interest_events_total", "Engagement events processed", ["outcome"],
+            "recstream_interest_events_total",
+            "Engagement events processed",
+            ["outcome"],
             registry=registry,
         )
         self.dead_letters = Counter(
-            "recstream_interest_dead_letters_total", "Messages sent to dead-letters",
+            "recstream_interest_dead_letters_total",
+            "Messages sent to dead-letters",
             registry=registry,
         )
         self.parked = Gauge(
-            "recstream_interest_parked_events", "Engagements waiting for their item's embedding",
+            "recstream_interest_parked_events",
+            "Engagements waiting for their item's embedding",
             registry=registry,
         )
         self.lag = Gauge(
-            "recstream_interest_consumer_lag", "Engagements not yet consumed (sum over partitions)",
+            "recstream_interest_consumer_lag",
+            "Engagements not yet consumed (sum over partitions)",
             registry=registry,
         )
         self.update_latency = Histogram(
-            "recstream_interest_update_seconds", "Time to apply one batch of one user's events",
-            buckets=(1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0), registry=registry,
+            "recstream_interest_update_seconds",
+            "Time to apply one batch of one user's events",
+            buckets=(1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0),
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "recstream_interest_batch_events",
+            "Events per processed batch",
+            buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000),
+            registry=registry,
         )
         self.items = Gauge(
-            "recstream_interest_item_vectors", "Item embeddings known to this worker",
+            "recstream_interest_item_vectors",
+            "Item embeddings known to this worker",
             registry=registry,
         )
 
@@ -135,7 +153,7 @@ class ItemFeed:
         try:
             parts = consumer.partitions_for_topic(ITEM_EMBEDDINGS.name)
             while not parts:
-                await consumer._client.force_metadata_update()  # noqa: SLF001
+                await consumer._client.force_metadata_update()
                 parts = consumer.partitions_for_topic(ITEM_EMBEDDINGS.name)
             tps = [TopicPartition(ITEM_EMBEDDINGS.name, p) for p in sorted(parts)]
             consumer.assign(tps)
@@ -147,15 +165,13 @@ class ItemFeed:
                 else:
                     consumer.seek(tp, offset)
             end = await consumer.end_offsets(tps)
-            if all((await consumer.position(tp)) >= end[tp] for tp in tps):
+            if await _caught_up(consumer, tps, end):
                 self.ready.set()
             while True:
                 batch = await consumer.getmany(timeout_ms=200, max_records=5000)
                 for tp, records in batch.items():
                     self._apply(tp.topic, tp.partition, records)
-                if not self.ready.is_set() and all(
-                    (await consumer.position(tp)) >= end[tp] for tp in tps
-                ):
+                if not self.ready.is_set() and await _caught_up(consumer, tps, end):
                     log.info("item feed caught up: %d item vectors", len(self.db.items))
                     self.ready.set()
         finally:
@@ -175,8 +191,13 @@ class ItemFeed:
                 rec = decode_for_topic(topic, m.value)
                 rec.array()  # checks the vector against its dim
             except InvalidEvent as exc:
-                log.warning("skipping bad item embedding at %s[%d]@%d: %s", topic, partition,
-                            m.offset, exc.reason)
+                log.warning(
+                    "skipping bad item embedding at %s[%d]@%d: %s",
+                    topic,
+                    partition,
+                    m.offset,
+                    exc.reason,
+                )
                 continue
             latest[rec.item_id] = rec
         if last < 0:
@@ -201,6 +222,34 @@ class ItemFeed:
         self.arrived.extend(r.item_id for r in puts)
 
 
+RESENT_HEADER = ("recstream-resent", b"parked")
+"""Marks an engagement the worker re-sent to ``engagements`` when its parked item arrived."""
+
+
+def _is_resent(message: Any) -> bool:
+    return RESENT_HEADER in (message.headers or ())
+
+
+def _delivery_tracked_table(unconfirmed: list[Any]) -> type:
+    """A faust Table class that appends each changelog record's future to ``unconfirmed``."""
+    import faust
+
+    class DeliveryTrackedTable(faust.Table):
+        def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+            fut = super().send_changelog(*args, **kwargs)
+            unconfirmed.append(fut)
+            return fut
+
+    return DeliveryTrackedTable
+
+
+async def _caught_up(consumer: Any, tps: Sequence[Any], end: dict[Any, int]) -> bool:
+    for tp in tps:
+        if await consumer.position(tp) < end[tp]:
+            return False
+    return True
+
+
 class InterestsWorker:
     """The faust app and the logic of its agents (see the module docstring)."""
 
@@ -218,6 +267,12 @@ class InterestsWorker:
         self.metrics = metrics or WorkerMetrics()
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self._forget_local_tables_after_crash()
+        # Changelog and output records of the current batch, not yet confirmed by the broker.
+        self._unconfirmed: list[Any] = []
+        one_record_batches: dict[str, Any] = (
+            {"producer_max_batch_size": 1} if settings.one_record_batches else {}
+        )
         self.app = faust.App(
             cfg.app_id,
             broker=settings.faust_broker(),
@@ -232,44 +287,92 @@ class InterestsWorker:
             consumer_auto_offset_reset="earliest",
             table_standby_replicas=0,
             producer_linger_ms=5,
+            # Big polls while catching up make big per-user batches: one state write per user.
+            broker_max_poll_records=cfg.batch_size,
+            # See KafkaSettings.one_record_batches: exact end offsets for changelog recovery.
+            **one_record_batches,
             web_enabled=False,
             stream_wait_empty=False,
+            Table=_delivery_tracked_table(self._unconfirmed),
         )
-        raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
-               "value_serializer": "raw"}
-        self.engagements = self.app.topic(ENGAGEMENTS.name, partitions=ENGAGEMENTS.partitions,
-                                          **raw)
+        raw: dict[str, Any] = {
+            "key_type": bytes,
+            "value_type": bytes,
+            "key_serializer": "raw",
+            "value_serializer": "raw",
+        }
+        self.engagements = self.app.topic(
+            ENGAGEMENTS.name, partitions=ENGAGEMENTS.partitions, **raw
+        )
         self.user_interests = self.app.topic(USER_INTERESTS.name, **raw)
         self.dead_letter_topic = self.app.topic(DEAD_LETTERS.name, **raw)
-        table_opts = {"partitions": ENGAGEMENTS.partitions, "key_type": str, "value_type": bytes,
-                      "value_serializer": "raw", "key_serializer": "raw"}
+        # bytes values are stored raw; str keys use faust's default (json) key codec.
+        table_opts: dict[str, Any] = {
+            "partitions": ENGAGEMENTS.partitions,
+            "key_type": str,
+            "value_type": bytes,
+        }
         self.states = self.app.Table("interests", **table_opts)
         self.parked = self.app.Table("parked", **table_opts)
         self.items_db = StateDB(cfg.data_dir / "items")
         self.feed = ItemFeed(settings, self.items_db, cfg.item_cache_vectors)
         self._cache: OrderedDict[str, InterestClusters] = OrderedDict()
+        # (partition, offset) of the last engagement each cached user's stored state reflects.
+        self._positions: dict[str, tuple[int, int]] = {}
         self._parked_index: dict[str, set[str]] | None = None
         self._parked_count = 0
         self.app.agent(self.engagements, name="interests")(self._agent)
         self.app.task(self._feed_task)
         self.app.timer(2.0)(self._housekeeping)
-        self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_partitions_revoked.connect(cast(Any, self._on_revoked))
+        self.app.on_rebalance_complete.connect(cast(Any, self._rewind_uncommitted))
 
     # -- faust wiring -------------------------------------------------------------------
 
     async def _feed_task(self) -> None:
         await self.feed.run()
 
-    async def _on_revoked(self, app: Any, revoked: Any, **kwargs: Any) -> None:
+    async def _on_revoked(self, app: Any, *args: Any, **kwargs: Any) -> None:
         # Another worker may own these users next: forget what we cached about them.
         self._cache.clear()
+        self._positions.clear()
         self._parked_index = None
+
+    async def _rewind_uncommitted(self, app: Any, *args: Any, **kwargs: Any) -> None:
+        """Start engagement partitions that have no committed offset from their beginning.
+
+        After a rebalance faust seeks only partitions whose committed offset is > 0 (aiokafka's
+        ``seek_to_committed``); one without keeps the position its prefetch reached, while the
+        prefetched records themselves are dropped with the old generation (faust-streaming
+        #216). Those events would be skipped for good; this runs just before faust's seek.
+        """
+        consumer: Any = self.app.consumer
+        committed = await consumer.seek_to_committed()
+        for tp, offset in committed.items():
+            if tp.topic == ENGAGEMENTS.name and (offset is None or offset <= 0):
+                await consumer.seek(tp, 0)
 
     async def _agent(self, stream: Any) -> None:
         await self.feed.ready.wait()
-        async for events in stream.take_events(self.config.batch_size,
-                                               within=self.config.batch_within_s):
+        async for events in stream.take_events(
+            self.config.batch_size, within=self.config.batch_within_s
+        ):
+            self.metrics.batch_size.observe(len(events))
             await self.process(events)
+            await self._confirm_delivery()
+
+    async def _confirm_delivery(self) -> None:
+        """Wait until the broker has every changelog and output record of this batch.
+
+        The batch's offsets are acked (hence committable) right after this returns. faust's own
+        flush before a commit gives up on its send buffer after 0.1 s without progress, so a
+        commit could otherwise overtake changelog records still buffered, and a SIGKILL then
+        would lose those events for good.
+        """
+        pending = list(self._unconfirmed)
+        self._unconfirmed.clear()
+        if pending:
+            await asyncio.gather(*pending)
 
     async def _housekeeping(self) -> None:
         await self._republish_arrived()
@@ -294,26 +397,45 @@ class InterestsWorker:
         if not per_user:
             return
         item_ids = list(
-            dict.fromkeys(d.item_id for evs in per_user.values() for _, d in evs
-                          if isinstance(d, Engagement))
+            dict.fromkeys(
+                d.item_id for evs in per_user.values() for _, d in evs if isinstance(d, Engagement)
+            )
         )
         found, matrix = self.feed.lookup(item_ids)
         vectors = dict(zip(found, matrix, strict=True))
         for user_id, user_events in per_user.items():
             started = time.perf_counter()
             _current_event.set(weakref.ref(user_events[-1][0]))
-            await self._apply_user(user_id, [d for _, d in user_events], vectors)
+            await self._apply_user(user_id, user_events, vectors)
             self.metrics.update_latency.observe(time.perf_counter() - started)
 
     async def _apply_user(
-        self, user_id: str, events: list[Any], vectors: dict[str, np.ndarray]
+        self,
+        user_id: str,
+        events: list[tuple[Any, Any]],
+        vectors: dict[str, np.ndarray],
     ) -> None:
+        """Apply one user's (faust event, decoded event) pairs of a batch, in order."""
         state = self._state(user_id)
+        applied_at = self._positions.get(user_id)
         parked = self._parked_of(user_id)
         parked_before = len(parked)
         deleted_user = False
         changed = False
-        for ev in events:
+        redelivered = False
+        for event, ev in events:
+            position = (event.message.partition, event.message.offset)
+            if (
+                applied_at is not None
+                and position[0] == applied_at[0]
+                and position[1] <= applied_at[1]
+            ):
+                # A redelivery after a crash: the stored state already holds this event. Event
+                # ids alone would not do: the engine remembers only its latest few hundred.
+                redelivered = True
+                self.metrics.events.labels("duplicate").inc()
+                continue
+            applied_at = position
             if isinstance(ev, UserDeleted):
                 state.forget()
                 parked.clear()
@@ -321,18 +443,34 @@ class InterestsWorker:
                 self.metrics.events.labels("user_deleted").inc()
                 continue
             deleted_user = False
+            if _is_resent(event.message) and ev.event_id not in parked:
+                # A parked event re-sent on its item's arrival that is no longer parked: it was
+                # applied already (re-sent twice around a crash). Event ids alone would not do.
+                self.metrics.events.labels("duplicate").inc()
+                continue
             vec = vectors.get(ev.item_id)
+            if vec is None:
+                # It may have arrived since the batch lookup; its arrival may even have been
+                # handled already, so parking it now would leave it parked for good.
+                found, matrix = self.feed.lookup([ev.item_id])
+                if found:
+                    vec = vectors[ev.item_id] = matrix[0]
             parked.pop(ev.event_id, None)
             if vec is None:
-                if len(parked) >= self.config.max_parked_per_user:
-                    oldest_id = next(iter(parked))
-                    raw = parked.pop(oldest_id).encode()
-                    await self._dead_letter(raw, "parked too long: the item never got an "
-                                            "embedding within the per-user parking bound",
-                                            None, None, user_id.encode())
+                # Park and index with no await in between (the feed task runs at awaits).
                 parked[ev.event_id] = ev.to_json().decode()
                 self._index_parked(ev.item_id, user_id)
                 self.metrics.events.labels("parked").inc()
+                if len(parked) > self.config.max_parked_per_user:
+                    raw = parked.pop(next(iter(parked))).encode()
+                    await self._dead_letter(
+                        raw,
+                        "parked too long: the item never got an "
+                        "embedding within the per-user parking bound",
+                        None,
+                        None,
+                        user_id.encode(),
+                    )
                 continue
             if state.learn_one(ev, vec):
                 changed = True
@@ -350,18 +488,26 @@ class InterestsWorker:
                 self.parked[user_id] = json.dumps(parked).encode()
             elif user_id in self.parked:
                 del self.parked[user_id]
-        if not changed:
+        self._positions[user_id] = applied_at  # type: ignore[assignment]
+        if not changed and not redelivered:
             return
+        # After a redelivery the state may be unchanged yet its record never published (killed
+        # between the table write and the send): publish again, records are idempotent.
         if deleted_user or state.n_actions == 0:
             if user_id in self.states:
                 del self.states[user_id]
+            self._positions.pop(user_id, None)
             self._cache.pop(user_id, None)
-            await self.user_interests.send(key=user_id.encode(), value=None)
+            self._unconfirmed.append(
+                await self.user_interests.send(key=user_id.encode(), value=None)
+            )
             return
         blob = state.to_bytes()
-        self.states[user_id] = blob
-        await self.user_interests.send(
-            key=user_id.encode(), value=self.interests_record(user_id, state, blob).to_json()
+        self.states[user_id] = _POSITION.pack(*applied_at) + blob  # type: ignore[misc]
+        self._unconfirmed.append(
+            await self.user_interests.send(
+                key=user_id.encode(), value=self.interests_record(user_id, state, blob).to_json()
+            )
         )
 
     def interests_record(
@@ -396,14 +542,19 @@ class InterestsWorker:
         if state is not None:
             self._cache.move_to_end(user_id)
             return state
-        blob = self.states.get(user_id)
-        if blob is None:
+        stored = self.states.get(user_id)
+        if stored is None:
             state = InterestClusters(self.config.engine)
+            self._positions.pop(user_id, None)
         else:
-            state = InterestClusters.from_bytes(blob, self.feed.lookup, config=self.config.engine)
+            self._positions[user_id] = _POSITION.unpack_from(stored)
+            state = InterestClusters.from_bytes(
+                stored[_POSITION.size :], self.feed.lookup, config=self.config.engine
+            )
         self._cache[user_id] = state
         while len(self._cache) > self.config.state_cache_users:
-            self._cache.popitem(last=False)
+            evicted, _ = self._cache.popitem(last=False)
+            self._positions.pop(evicted, None)
         return state
 
     def _parked_of(self, user_id: str) -> dict[str, str]:
@@ -438,30 +589,44 @@ class InterestsWorker:
             for user_id in sorted(self._parked_index.pop(item_id, ())):
                 for raw in self._parked_of(user_id).values():
                     if json.loads(raw)["item_id"] == item_id:
-                        await self.engagements.send(key=user_id.encode(), value=raw.encode())
+                        await self.engagements.send(
+                            key=user_id.encode(), value=raw.encode(), headers=[RESENT_HEADER]
+                        )
 
     async def _dead_letter(
-        self, raw: bytes | None, reason: str, partition: int | None, offset: int | None,
+        self,
+        raw: bytes | None,
+        reason: str,
+        partition: int | None,
+        offset: int | None,
         key: bytes | None,
     ) -> None:
         from streams.deadletters import dead_letter
 
-        letter = dead_letter(raw, reason, source_topic=ENGAGEMENTS.name, partition=partition,
-                             offset=offset, key=key, rejected_by="interests-worker")
+        letter = dead_letter(
+            raw,
+            reason,
+            source_topic=ENGAGEMENTS.name,
+            partition=partition,
+            offset=offset,
+            key=key,
+            rejected_by="interests-worker",
+        )
         log.warning("dead-lettered %s[%s]@%s: %s", ENGAGEMENTS.name, partition, offset, reason)
-        await self.dead_letter_topic.send(key=ENGAGEMENTS.name.encode(),
-                                          value=letter.model_dump_json().encode())
+        await self.dead_letter_topic.send(
+            key=ENGAGEMENTS.name.encode(), value=letter.model_dump_json().encode()
+        )
         self.metrics.dead_letters.inc()
 
     def _update_lag(self) -> None:
-        consumer = self.app.consumer
+        consumer: Any = self.app.consumer
         lag = 0
         try:
             for tp in consumer.assignment():
                 if tp.topic != ENGAGEMENTS.name:
                     continue
                 high = consumer.highwater(tp)
-                pos = consumer._last_offset.get(tp)  # noqa: SLF001 (faust keeps no public one)
+                pos = consumer._last_offset.get(tp)
                 if high is not None and pos is not None:
                     lag += max(high - pos - 1, 0)
         except Exception:  # lag is best-effort telemetry, never fatal
@@ -469,6 +634,25 @@ class InterestsWorker:
         self.metrics.lag.set(lag)
 
     # -- running ------------------------------------------------------------------------
+
+    @property
+    def _clean_marker(self) -> Path:
+        return self.config.data_dir / "clean-shutdown"
+
+    def _forget_local_tables_after_crash(self) -> None:
+        """After a crash, rebuild faust's local tables from their changelogs.
+
+        A SIGKILL can leave the local RocksDB ahead of the changelog (a write stored locally
+        whose changelog record never reached the broker); faust then refuses to start
+        (ConsistencyError). The changelog is the source of truth, and events applied only
+        locally are redelivered because their offsets were not committed, so dropping the
+        local copy loses nothing.
+        """
+        tables = self.config.data_dir / "faust"
+        if tables.exists() and not self._clean_marker.exists():
+            log.warning("unclean shutdown detected: rebuilding local tables from changelogs")
+            shutil.rmtree(tables)
+        self._clean_marker.unlink(missing_ok=True)
 
     def run(self, loglevel: str = "warn") -> None:
         """Run the worker in the foreground until SIGINT/SIGTERM."""
@@ -479,7 +663,14 @@ class InterestsWorker:
 
             start_http_server(self.config.metrics_port, addr="127.0.0.1")
         worker = faust.Worker(self.app, loglevel=loglevel, quiet=True)
+        clean = False
         try:
             worker.execute_from_commandline()
+            clean = True
+        except SystemExit as exc:
+            clean = exc.code in (0, None)
+            raise
         finally:
             self.items_db.close()
+            if clean:
+                self._clean_marker.touch()

@@ -14,6 +14,13 @@ only from the environment:
 ``RECSTREAM_KAFKA_REBALANCE_TIMEOUT_MS``  rebalance timeout (30000); group joins wait about
                                        half of it on small brokers, so the embedded default
                                        uses 6000
+``RECSTREAM_KAFKA_ONE_RECORD_BATCHES``  1 = the interests worker produces one record per
+                                       batch. The embedded broker (tansu 0.1.x) reports a
+                                       partition's end offset as the last *batch*'s base
+                                       offset + 1, so faust's changelog recovery (which
+                                       reads up to that end) would miss the tail of the
+                                       last batch; one-record batches keep it exact.
+                                       Unneeded (and slower) on Apache Kafka.
 ====================================  =============================================
 """
 
@@ -41,6 +48,7 @@ class KafkaSettings:
     client_id: str = "recstream"
     session_timeout_ms: int = 10_000
     rebalance_timeout_ms: int = 30_000
+    one_record_batches: bool = False
 
     def __post_init__(self) -> None:
         if self.security_protocol not in _PROTOCOLS:
@@ -70,6 +78,7 @@ class KafkaSettings:
             client_id=client_id,
             session_timeout_ms=int(env.get("RECSTREAM_KAFKA_SESSION_TIMEOUT_MS", "10000")),
             rebalance_timeout_ms=int(env.get("RECSTREAM_KAFKA_REBALANCE_TIMEOUT_MS", "30000")),
+            one_record_batches=env.get("RECSTREAM_KAFKA_ONE_RECORD_BATCHES", "0") == "1",
         )
 
     @property

@@ -13,17 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from streams.broker import EMBEDDED_ENV
 from streams.interests import InterestClusters, InterestConfig
 from streams.publish import Publisher
 from streams.replay import read_topic
 from streams.schemas import Engagement, ItemEmbedding, UserInterests, decode_for_topic
 from streams.settings import KafkaSettings
 from streams.topics import ITEM_EMBEDDINGS, USER_INTERESTS
-
-FAST_GROUPS = {
-    "RECSTREAM_KAFKA_SESSION_TIMEOUT_MS": "6000",
-    "RECSTREAM_KAFKA_REBALANCE_TIMEOUT_MS": "6000",
-}
 
 
 def topic_vectors(
@@ -51,7 +47,9 @@ def publish_item_vectors(settings: KafkaSettings, vectors: dict[str, np.ndarray]
 
 
 def offline_states(
-    events: Iterable[Engagement], vectors: dict[str, np.ndarray], config: InterestConfig | None = None
+    events: Iterable[Engagement],
+    vectors: dict[str, np.ndarray],
+    config: InterestConfig | None = None,
 ) -> dict[str, bytes]:
     """What the pure engine computes for each user from the same events, no Kafka."""
     states: dict[str, InterestClusters] = {}
@@ -80,10 +78,18 @@ def worker_states(settings: KafkaSettings) -> dict[str, bytes]:
 
 
 def wait_for(
-    predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.5, what: str = ""
+    predicate: Callable[[], bool],
+    timeout_s: float,
+    interval_s: float = 0.5,
+    what: str = "",
+    alive: Sequence[subprocess.Popen[bytes]] = (),
 ) -> None:
+    """Poll ``predicate``; fail early if one of the ``alive`` processes died."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        dead = [p.args for p in alive if p.poll() is not None]
+        if dead:
+            raise AssertionError(f"process exited while waiting for {what}: {dead}")
         if predicate():
             return
         time.sleep(interval_s)
@@ -93,12 +99,24 @@ def wait_for(
 def start_interests_worker(
     bootstrap: str, data_dir: Path, *, extra: Sequence[str] = (), log: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **FAST_GROUPS, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **EMBEDDED_ENV, "PYTHONUNBUFFERED": "1"}
     out = open(log or data_dir.with_suffix(".log"), "ab")  # noqa: SIM115 (lives with the process)
     return subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", "worker", "interests",
-         "--bootstrap-servers", bootstrap, "--data-dir", str(data_dir), *extra],
-        env=env, stdout=out, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "serving.cli",
+            "worker",
+            "interests",
+            "--bootstrap-servers",
+            bootstrap,
+            "--data-dir",
+            str(data_dir),
+            *extra,
+        ],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
     )
 
 
