@@ -120,6 +120,11 @@ class WorkerMetrics:
             buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000),
             registry=registry,
         )
+        self.partitions = Gauge(
+            "recstream_interest_partitions",
+            "Engagement partitions assigned to this worker",
+            registry=registry,
+        )
         self.items = Gauge(
             "recstream_interest_item_vectors",
             "Item embeddings known to this worker",
@@ -347,10 +352,12 @@ class InterestsWorker:
         #216). Those events would be skipped for good; this runs just before faust's seek.
         """
         consumer: Any = self.app.consumer
-        committed = await consumer.seek_to_committed()
+        # aiokafka's seek_to_committed refuses an empty assignment (more workers than partitions).
+        committed = await consumer.seek_to_committed() if consumer.assignment() else {}
         for tp, offset in committed.items():
             if tp.topic == ENGAGEMENTS.name and (offset is None or offset <= 0):
                 await consumer.seek(tp, 0)
+        self.metrics.partitions.set(sum(tp.topic == ENGAGEMENTS.name for tp in committed))
 
     async def _agent(self, stream: Any) -> None:
         await self.feed.ready.wait()

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import signal
-import time
+import urllib.request
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
-from streams.broker import EmbeddedBroker
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from streams.broker import EmbeddedBroker, free_port
 from streams.generate import generate
+from streams.interests import InterestClusters
 from streams.publish import Publisher
 from streams.replay import read_topic
 from streams.schemas import UserDeleted
@@ -61,20 +67,50 @@ def test_two_workers_split_partitions_and_agree_with_one(
     vectors = topic_vectors(data.truth)
     publish_item_vectors(settings, vectors)
     expected = offline_states(data.engagements, vectors)
+    ports = [free_port(), free_port()]
     workers = [
-        start_interests_worker(fresh_broker.bootstrap_servers, tmp_path / f"w{i}") for i in range(2)
+        start_interests_worker(
+            fresh_broker.bootstrap_servers, tmp_path / f"w{i}", extra=["--metrics-port", str(p)]
+        )
+        for i, p in enumerate(ports)
     ]
     try:
-        time.sleep(8)  # both join the group before the events arrive
+        # Both have joined the group when the partitions are split between them.
+        wait_for(
+            lambda: all(_metric(p, "recstream_interest_partitions") > 0 for p in ports),
+            60,
+            what="both workers assigned",
+            alive=workers,
+        )
+        assert sum(_metric(p, "recstream_interest_partitions") for p in ports) == 8
         with Publisher(settings) as pub:
             pub.publish_many(data.engagements)
-        wait_for(lambda: worker_states(settings) == expected, 120, what="states equal offline")
-        assert all(w.poll() is None for w in workers)
+        wait_for(
+            lambda: worker_states(settings) == expected,
+            120,
+            what="states equal offline",
+            alive=workers,
+        )
+        applied = [_metric(p, "recstream_interest_events_total", outcome="applied") for p in ports]
+        assert all(n > 0 for n in applied) and sum(applied) == len(data.engagements), applied
     finally:
         for w in workers:
             stop(w)
     logs = [(tmp_path / f"w{i}.log").read_text() for i in range(2)]
     assert all("Traceback" not in log for log in logs), logs
+
+
+def _metric(port: int, name: str, **labels: str) -> float:
+    """One sample of a worker's Prometheus metrics (0 while the endpoint is not up yet)."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+    except OSError:
+        return 0.0
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
 
 
 def test_sigkill_halfway_then_restart_loses_nothing_and_double_counts_nothing(
@@ -107,7 +143,7 @@ def test_sigkill_halfway_then_restart_loses_nothing_and_double_counts_nothing(
         stop(proc)
 
 
-def test_parked_engagements_are_applied_when_their_item_embedding_arrives(
+def test_parked_engagements_survive_a_crash_and_apply_once_their_item_embedding_arrives(
     fresh_broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
     settings = fresh_broker.settings()
@@ -122,30 +158,33 @@ def test_parked_engagements_are_applied_when_their_item_embedding_arrives(
     try:
         only_early = offline_states([e for e in data.engagements if e.item_id in early], vectors)
         wait_for(lambda: worker_states(settings) == only_early, 90, what="early items applied")
+        # The parked events live only in the worker's parked table (and its changelog) now.
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc = start_interests_worker(fresh_broker.bootstrap_servers, tmp_path / "w")
         publish_item_vectors(settings, late)
 
-        # Parked events are applied late, with their own timestamps: the clusters must hold
-        # every action exactly once.
-        def all_applied() -> bool:
-            states = worker_states(settings)
-            from streams.interests import InterestClusters
+        # Parked events are applied late, with their own timestamps: every user's clusters hold
+        # each of their actions exactly once.
+        want: dict[str, Counter[tuple[str, int]]] = {}
+        for e in data.engagements:
+            want.setdefault(e.user_id, Counter())[(e.item_id, e.ts)] += 1
 
-            counts = {
-                u: InterestClusters.from_bytes(b, lambda ids: _lookup(vectors, ids)).n_actions
-                for u, b in states.items()
-            }
-            want = {}
-            for e in data.engagements:
-                want[e.user_id] = want.get(e.user_id, 0) + 1
-            return counts == want
+        def actions_of(blob: bytes) -> Counter[tuple[str, int]]:
+            state = InterestClusters.from_bytes(blob, lambda ids: _lookup(vectors, ids))
+            ids, _ = state.assignments()
+            return Counter(zip(ids, state.action_times().astype(int).tolist(), strict=True))
 
-        wait_for(all_applied, 90, what="parked events applied")
+        wait_for(
+            lambda: {u: actions_of(b) for u, b in worker_states(settings).items()} == want,
+            90,
+            what="parked events applied once",
+            alive=[proc],
+        )
     finally:
         stop(proc)
 
 
-def _lookup(vectors, ids):  # type: ignore[no-untyped-def]
-    import numpy as np
-
+def _lookup(vectors: dict[str, np.ndarray], ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
     found = [i for i in ids if i in vectors]
     return found, (np.stack([vectors[i] for i in found]) if found else np.empty((0, 32)))
