@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -267,18 +267,49 @@ def worker_interests(
         int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT.")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Most events per batch.")] = 10_000,
+    window_days: Annotated[
+        float | None, typer.Option(min=0.001, help="Engine: evict actions older (days; 90).")
+    ] = None,
+    max_actions: Annotated[
+        int | None, typer.Option(min=1, help="Engine: actions kept per user (500).")
+    ] = None,
+    merge_threshold: Annotated[
+        float | None, typer.Option(min=1e-6, help="Engine: largest Ward cost to join (0.75).")
+    ] = None,
+    max_clusters: Annotated[
+        int | None, typer.Option(min=1, help="Engine: clusters per user (12).")
+    ] = None,
+    decay_per_day: Annotated[
+        float | None, typer.Option(min=0.0, help="Engine: importance decay lambda (0.01).")
+    ] = None,
+    recluster_every: Annotated[
+        int | None, typer.Option(min=0, help="Engine: full Ward recluster every N (200; 0=never).")
+    ] = None,
     bootstrap_servers: Bootstrap = None,
     loglevel: Annotated[str, typer.Option(help="crit, error, warn, info or debug")] = "warn",
 ) -> None:
-    """Engagements -> per-user interest clusters (faust; scale out by starting more)."""
+    """Engagements -> per-user interest clusters (faust; scale out by starting more).
+
+    Every worker of one group must run the same engine settings (they share the users' states).
+    """
+    from streams.interests import InterestConfig
     from streams.interests_worker import InterestsWorker, InterestsWorkerConfig
     from streams.topics import ensure_topics
 
     _setup_logging(logging.WARNING)
     settings = _settings(bootstrap_servers)
     ensure_topics(settings)
+    given: dict[str, Any] = {
+        "window_days": window_days,
+        "max_actions": max_actions,
+        "merge_threshold": merge_threshold,
+        "max_clusters": max_clusters,
+        "decay_per_day": decay_per_day,
+        "recluster_every": recluster_every,
+    }
+    engine = InterestConfig(**{k: v for k, v in given.items() if v is not None})
     config = InterestsWorkerConfig(
-        data_dir=data_dir, metrics_port=metrics_port, batch_size=batch_size
+        data_dir=data_dir, metrics_port=metrics_port, batch_size=batch_size, engine=engine
     )
     InterestsWorker(settings, config).run(loglevel=loglevel)
 
@@ -430,6 +461,13 @@ def eval_quality(
     seed: Annotated[int, typer.Option()] = 0,
     variant: Annotated[str, typer.Option(help="Encoder variant: fp32, int8 or auto.")] = "fp32",
     model_dir: Annotated[Path | None, typer.Option(help="Exported encoder directory.")] = None,
+    through_kafka: Annotated[
+        bool,
+        typer.Option(
+            "--through-kafka",
+            help="PinnerSage states from a real interests worker on the embedded broker.",
+        ),
+    ] = False,
 ) -> None:
     """Offline quality: chronological replay, PinnerSage against baselines, with 95% intervals."""
     from serving.evaluation import EVAL_ENGINE_CONFIG
@@ -457,6 +495,7 @@ def eval_quality(
         seed=seed,
         encoder_variant=variant,
         model_dir=model_dir,
+        through_kafka=through_kafka,
     )
     try:
         report, _ = run_eval(settings)

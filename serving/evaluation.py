@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -301,6 +301,37 @@ class PinnerSage:
                 )
             )
         return out
+
+
+class CapturedPinnerSage(PinnerSage):
+    """PinnerSage answered from states computed elsewhere: ``states[event_id]`` is the user's
+    serialized state (``InterestClusters.to_bytes``) right after that event, as the interests
+    worker published it (``recstream eval --through-kafka``). An event without a captured
+    state leaves the user's state as it was; only states before scored events matter."""
+
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        item_ids: Sequence[str],
+        states: Mapping[str, bytes],
+        config: InterestConfig = EVAL_ENGINE_CONFIG,
+        queries: Sequence[MedoidQuery] = (MedoidQuery("pinnersage"),),
+        seed: int = 0,
+    ):
+        super().__init__(vectors, config, queries, seed)
+        self._states = states
+        self._row = {item_id: i for i, item_id in enumerate(item_ids)}
+
+    def learn_one(self, action: Action) -> None:
+        blob = self._states.get(action.event_id)
+        if blob is not None:
+            self._users[action.user_id] = InterestClusters.from_bytes(
+                blob, self._lookup, config=self.config
+            )
+
+    def _lookup(self, ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        found = [i for i in ids if i in self._row]
+        return found, self._vectors[[self._row[i] for i in found]]
 
 
 # -- protocol -------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import numpy as np
 from serving.evaluation import (
     EVAL_ENGINE_CONFIG,
     METRICS,
+    CapturedPinnerSage,
     LastItem,
     MeanEmbedding,
     MedoidQuery,
@@ -63,6 +64,7 @@ class EvalSettings:
     head_epochs: int = 0  # > 0: fine-tune the encoder head on training-period co-engagement
     model_dir: Path | None = None
     data_dir: Path | None = None
+    through_kafka: bool = False  # PinnerSage states from the real interests worker (slower)
     generated: dict[str, int] = field(
         default_factory=lambda: {"users": 200, "items": 2000, "events": 20_000}
     )
@@ -102,8 +104,20 @@ def method_suite(
     *,
     ablations: bool = True,
     seed: int = 0,
+    captured: tuple[Sequence[str], Mapping[str, bytes]] | None = None,
 ) -> list[ReplayMethod]:
-    """The baselines, PinnerSage (top-3, sampled 3, 1 and 5 medoids) and the ablations."""
+    """The baselines, PinnerSage (top-3, sampled 3, 1 and 5 medoids) and the ablations.
+
+    ``captured`` = (item ids, event id -> state blob): PinnerSage answers from the interests
+    worker's states (``--through-kafka``) instead of running the engine in process.
+    """
+
+    def pinnersage(config: InterestConfig, queries: Sequence[MedoidQuery]) -> PinnerSage:
+        if captured is None:
+            return PinnerSage(vectors, config, queries, seed=seed)
+        item_ids, states = captured
+        return CapturedPinnerSage(vectors, item_ids, states, config, queries, seed=seed)
+
     main = engine.with_(decay_per_day=decay_per_day)
     queries = [MedoidQuery(PRIMARY, 3), MedoidQuery("pinnersage_sample3", 3, sample=True)]
     queries += [MedoidQuery("pinnersage_1", 1), MedoidQuery("pinnersage_5", 5)]
@@ -113,14 +127,15 @@ def method_suite(
         Popularity(len(vectors), decay_per_day),
         LastItem(vectors),
         MeanEmbedding(vectors, decay_per_day),
-        PinnerSage(vectors, main, queries, seed=seed),
+        pinnersage(main, queries),
     ]
     if ablations:
         for lam in (0.0, 0.01, 0.1):
             if lam != decay_per_day:
                 name = f"pinnersage_lambda_{lam:g}"
                 config = engine.with_(decay_per_day=lam)
-                methods.append(PinnerSage(vectors, config, [MedoidQuery(name, 3)], seed=seed))
+                # The decay only weighs clusters at query time: the same states serve every lambda.
+                methods.append(pinnersage(config, [MedoidQuery(name, 3)]))
     return methods
 
 
@@ -217,12 +232,22 @@ def run_eval(
         )
         data = data.with_vectors(fitted)
         encoder = f"{encoder} + head fit on the training period ({head_pairs} pairs)"
+    captured = None
+    t_kafka_start = time.perf_counter()
+    if settings.through_kafka:
+        from serving.evaluation_kafka import capture_worker_states
+
+        main = settings.engine.with_(decay_per_day=settings.decay_per_day)
+        states = capture_worker_states(data, main, split_ts)
+        captured = (data.item_ids, states)
+    t_kafka = time.perf_counter()
     methods = method_suite(
         data.vectors,
         settings.engine,
         settings.decay_per_day,
         ablations=settings.ablations,
         seed=settings.seed,
+        captured=captured,
     )
     log.info("replaying %d events through %d methods", len(data.events), len(methods))
     result = evaluate(data, methods, dataclasses.replace(protocol, split_ts=split_ts))
@@ -254,6 +279,7 @@ def run_eval(
             "min_history": 1,
             "head_epochs": settings.head_epochs,
             "head_pairs": head_pairs,
+            "through_kafka": settings.through_kafka,
         },
         "engine": engine,
         "encoder": encoder,
@@ -268,7 +294,8 @@ def run_eval(
         "comparisons": {pair: {m: e.as_dict() for m, e in d.items()} for pair, d in diffs.items()},
         "seconds": {
             "embed": round(t_embed - t0, 2),
-            "replay": round(t_replay - t_embed, 2),
+            "through_kafka": round(t_kafka - t_kafka_start, 2),
+            "replay": round(t_replay - t_embed - (t_kafka - t_kafka_start), 2),
             "metrics": round(time.perf_counter() - t_replay, 2),
         },
     }

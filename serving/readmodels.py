@@ -372,12 +372,11 @@ class ReadModels:
         from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
         consumer = KafkaConsumer(
-            **self.settings.kafka_python(),
+            **self.settings.consumer(),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self.config.max_poll_records,
-            fetch_max_wait_ms=50,
         )
         tps = []
         for topic in TOPICS:

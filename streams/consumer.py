@@ -55,7 +55,7 @@ class ValidatingConsumer:
 
         self.topics = list(topics)
         opts: dict[str, Any] = dict(
-            **settings.kafka_python(),
+            **settings.consumer(),
             group_id=group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest" if from_beginning else "latest",

@@ -152,7 +152,10 @@ class ItemFeed:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         consumer = AIOKafkaConsumer(
-            **self.settings.aiokafka(), enable_auto_commit=False, group_id=None
+            **self.settings.aiokafka(),
+            enable_auto_commit=False,
+            group_id=None,
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
         )
         await consumer.start()
         try:
@@ -352,6 +355,10 @@ class InterestsWorker:
         #216). Those events would be skipped for good; this runs just before faust's seek.
         """
         consumer: Any = self.app.consumer
+        # faust fixes the fetch wait at 1.5 s; the embedded broker waits it out (see settings).
+        consumer._thread._ensure_consumer()._fetcher._fetch_max_wait_ms = (
+            self.settings.fetch_max_wait_ms
+        )
         # aiokafka's seek_to_committed refuses an empty assignment (more workers than partitions).
         committed = await consumer.seek_to_committed() if consumer.assignment() else {}
         for tp, offset in committed.items():

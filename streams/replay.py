@@ -89,7 +89,7 @@ def read_topic(
     from tqdm import tqdm
 
     consumer = KafkaConsumer(
-        **settings.kafka_python(), enable_auto_commit=False, group_id=None, max_poll_records=5000
+        **settings.consumer(), enable_auto_commit=False, group_id=None, max_poll_records=5000
     )
     try:
         parts = consumer.partitions_for_topic(topic)

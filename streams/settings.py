@@ -21,6 +21,11 @@ only from the environment:
                                        reads up to that end) would miss the tail of the
                                        last batch; one-record batches keep it exact.
                                        Unneeded (and slower) on Apache Kafka.
+``RECSTREAM_KAFKA_FETCH_MAX_WAIT_MS``   longest a consumer's fetch waits for data (500).
+                                       Apache Kafka answers a fetch as soon as data
+                                       arrives; the embedded broker answers a fetch over
+                                       several partitions only at this deadline, so its
+                                       default (``EMBEDDED_ENV``) is 20 ms
 ====================================  =============================================
 """
 
@@ -49,6 +54,7 @@ class KafkaSettings:
     session_timeout_ms: int = 10_000
     rebalance_timeout_ms: int = 30_000
     one_record_batches: bool = False
+    fetch_max_wait_ms: int = 500
 
     def __post_init__(self) -> None:
         if self.security_protocol not in _PROTOCOLS:
@@ -79,6 +85,7 @@ class KafkaSettings:
             session_timeout_ms=int(env.get("RECSTREAM_KAFKA_SESSION_TIMEOUT_MS", "10000")),
             rebalance_timeout_ms=int(env.get("RECSTREAM_KAFKA_REBALANCE_TIMEOUT_MS", "30000")),
             one_record_batches=env.get("RECSTREAM_KAFKA_ONE_RECORD_BATCHES", "0") == "1",
+            fetch_max_wait_ms=int(env.get("RECSTREAM_KAFKA_FETCH_MAX_WAIT_MS", "500")),
         )
 
     @property
@@ -109,6 +116,10 @@ class KafkaSettings:
         if self.uses_ssl and self.ssl_cafile:
             kw["ssl_cafile"] = self.ssl_cafile
         return kw
+
+    def consumer(self) -> dict[str, Any]:
+        """kafka-python consumer keyword arguments: ``kafka_python()`` plus the fetch wait."""
+        return {**self.kafka_python(), "fetch_max_wait_ms": self.fetch_max_wait_ms}
 
     def group_consumer(self) -> dict[str, Any]:
         """kafka-python consumer-group timeouts (its rebalance timeout is max_poll_interval_ms)."""

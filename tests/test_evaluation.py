@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zlib
 from pathlib import Path
@@ -235,3 +236,26 @@ def test_run_eval_writes_markdown_json_and_plot(tmp_path: Path) -> None:
     assert set(loaded["methods"]) >= {"popularity", "last_item", "mean_embedding", "pinnersage"}
     assert "| pinnersage |" in paths["markdown"].read_text()
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_through_kafka_gives_the_same_numbers_as_the_in_process_engine() -> None:
+    """`--through-kafka`: the PinnerSage states come from a real interests worker on the
+    embedded broker; every rank of every method must equal the in-process replay's."""
+    settings = EvalSettings(
+        dataset="generated",
+        generated={"users": 20, "items": 2000, "events": 1500},
+        bootstrap=50,
+        ablations=True,
+    )
+    g = generate(20, 2000, 1500, seed=0)
+    vectors = _content_vectors(g.items)
+    report, in_process = run_eval(settings, vectors=vectors, encoder="content vectors")
+    kafka_settings = dataclasses.replace(settings, through_kafka=True)
+    kafka_report, through_kafka = run_eval(kafka_settings, vectors=vectors, encoder="content")
+    assert through_kafka.event_ids == in_process.event_ids and len(in_process.event_ids) > 100
+    assert through_kafka.ranks.keys() == in_process.ranks.keys()
+    for name, ranks in in_process.ranks.items():
+        np.testing.assert_array_equal(through_kafka.ranks[name], ranks, err_msg=name)
+        np.testing.assert_array_equal(through_kafka.top[name], in_process.top[name], err_msg=name)
+    assert kafka_report["methods"] == report["methods"]
+    assert kafka_report["settings"]["through_kafka"] is True
