@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import multiprocessing as mp
 import os
 import subprocess
@@ -39,38 +40,70 @@ DIM = 384
 def _load_worker(
     base: str, path_tpl: str, users: list[str], rate: float, duration: float, seed: int, q: mp.Queue
 ) -> None:
-    import httpx
+    """Open-loop load: requests start on schedule whatever the answers do; latency counts from
+    the scheduled start, so queueing shows. A lean HTTP/1.1 keep-alive client on raw sockets
+    (uvloop when installed): httpx costs ~1 ms of CPU a request, which on 2 cores would be the
+    bottleneck instead of the server."""
+    host, port = base.removeprefix("http://").split(":")
+    conns = 32
 
     async def main() -> tuple[list[float], int]:
         rng = np.random.default_rng(seed)
         lat: list[float] = []
         errors = 0
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=5.0) as client:
+        idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+        for _ in range(conns):
+            idle.put_nowait(await asyncio.open_connection(host, int(port)))
 
-            async def one(scheduled: float, user: str) -> None:
-                nonlocal errors
-                try:
-                    r = await client.get(path_tpl.format(user=user))
-                    if r.status_code != 200:
-                        errors += 1
-                except httpx.HTTPError:
+        async def request(
+            conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], path: str
+        ) -> int:
+            reader, writer = conn
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            return int(head[9:12])
+
+        async def one(scheduled: float, user: str) -> None:
+            nonlocal errors
+            conn = await idle.get()
+            try:
+                status = await asyncio.wait_for(request(conn, path_tpl.format(user=user)), 5.0)
+                if status != 200:
                     errors += 1
-                lat.append(time.perf_counter() - scheduled)
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
+                errors += 1
+                conn[1].close()
+                with contextlib.suppress(OSError):  # else the next request retries
+                    conn = await asyncio.open_connection(host, int(port))
+            finally:
+                idle.put_nowait(conn)
+            lat.append(time.perf_counter() - scheduled)
 
-            n = int(rate * duration)
-            start = time.perf_counter() + 0.2
-            tasks = []
-            for i in range(n):
-                at = start + i / rate
-                delay = at - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(one(at, users[int(rng.integers(len(users)))])))
-            await asyncio.gather(*tasks)
+        n = int(rate * duration)
+        start = time.perf_counter() + 0.2
+        tasks = []
+        for i in range(n):
+            at = start + i / rate
+            delay = at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(at, users[int(rng.integers(len(users)))])))
+        await asyncio.gather(*tasks)
+        while not idle.empty():
+            idle.get_nowait()[1].close()
         return lat, errors
 
-    q.put(asyncio.run(main()))
+    try:
+        import uvloop
+
+        q.put(uvloop.run(main()))
+    except ImportError:
+        q.put(asyncio.run(main()))
 
 
 def run_load(

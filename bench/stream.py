@@ -68,7 +68,11 @@ def bare_agent(bootstrap: str, n: int, app_id: str, datadir: str) -> None:
                 state["t0"] = time.perf_counter()
             state["seen"] += len(events)
             if state["seen"] >= n:
-                print(json.dumps({"seconds": time.perf_counter() - state["t0"]}), flush=True)
+                # faust redirects sys.stdout into its logger: write to the real stdout.
+                out = sys.__stdout__
+                assert out is not None
+                out.write(json.dumps({"seconds": time.perf_counter() - state["t0"]}) + "\n")
+                out.flush()
                 os._exit(0)
 
     worker = faust.Worker(app, loglevel="error", quiet=True)
@@ -194,7 +198,10 @@ def main() -> None:
             text=True,
             timeout=600,
         )
-        bare_s = json.loads(bare.stdout.strip().splitlines()[-1])["seconds"]
+        last = bare.stdout.strip().splitlines()[-1] if bare.stdout.strip() else ""
+        if "{" not in last:
+            raise RuntimeError(f"the bare agent printed no result: {bare.stderr[-2000:]}")
+        bare_s = json.loads(last[last.index("{") :])["seconds"]  # after faust's terminal codes
 
         progress("interests worker")
         port = free_port()

@@ -45,6 +45,7 @@ from serving.recommend import (
 from stores import ItemIndex, StateDB, normalize_rows
 from stores.snapshot import iter_snapshots, write_snapshot
 from streams.deadletters import DeadLetters
+from streams.interests import InterestClusters, StateFormatError
 from streams.schemas import (
     Engagement,
     InvalidEvent,
@@ -139,31 +140,21 @@ class ServingMetrics:
         )
 
 
-def profile_from_record(
-    record: UserInterests, *, dim: int | None, applied_ms: int = 0
-) -> UserProfile:
+def profile_from_record(record: UserInterests, *, applied_ms: int = 0) -> UserProfile:
     """A ``UserProfile`` from a ``user-interests`` record.
 
-    Seen items come from the engine state in the record (``state``), decoded with placeholder
-    vectors (only the ids matter here, and items not yet materialized locally must still count
-    as seen); without a state, the published members are all we know.
+    Seen items are the item ids in the engine state the record carries (``state``; read
+    without rebuilding it, and items not yet materialized locally still count as seen);
+    without a state, the published members are all we know.
     """
     interests = tuple(
         InterestView(i.medoid, float(i.importance), int(i.size), tuple(i.members))
         for i in record.interests
     )
     seen: frozenset[str] | None = None
-    if record.state and dim:
-        from streams.interests import InterestClusters, InterestConfig, StateFormatError
-
+    if record.state:
         try:
-            blob = base64.b64decode(record.state, validate=True)
-            state = InterestClusters.from_bytes(
-                blob,
-                lambda ids: (list(ids), np.ones((len(ids), dim), dtype=np.float32)),
-                config=InterestConfig(max_actions=1_000_000),
-            )
-            seen = state.seen_items
+            seen = InterestClusters.items_in(base64.b64decode(record.state, validate=True))
         except (StateFormatError, binascii.Error, ValueError) as exc:
             log.warning(
                 "user %s: unreadable interests state (%s); using members", record.user_id, exc
@@ -301,7 +292,7 @@ class ReadModels:
             record = decode_for_topic(USER_INTERESTS.name, raw)
         except InvalidEvent:
             return None
-        profile = profile_from_record(record, dim=self._dim())
+        profile = profile_from_record(record)
         self._cache_profile(profile)
         return profile
 
@@ -321,9 +312,6 @@ class ReadModels:
         return self.db.items.vectors(list(ids))
 
     # -- restore and connect ---------------------------------------------------------------
-    def _dim(self) -> int | None:
-        return self.index.dim if self.index is not None else self.db.items.dim
-
     def _restore(self) -> dict[str, int]:
         cfg = self.config
         offsets = {
@@ -548,7 +536,6 @@ class ReadModels:
         if not latest:
             return
         now_ms = int(time.time() * 1000)
-        dim = self._dim()
         live = self.ready
         for user_id, (rec, _) in latest.items():
             if rec is None:
@@ -557,7 +544,7 @@ class ReadModels:
                 self.recent_users.pop(user_id, None)
                 continue
             if live:
-                self._cache_profile(profile_from_record(rec, dim=dim, applied_ms=now_ms))
+                self._cache_profile(profile_from_record(rec, applied_ms=now_ms))
                 self.metrics.freshness.observe(max(now_ms - rec.last_event_ts, 0) / 1000)
             else:
                 with self._profiles_lock:

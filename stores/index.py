@@ -76,6 +76,11 @@ class Neighbor(NamedTuple):
     score: float
 
 
+def _neighbor(item_id: str, score: float) -> Neighbor:
+    # tuple.__new__ skips NamedTuple's Python-level __new__: ~3x faster for a hot loop.
+    return tuple.__new__(Neighbor, (item_id, score))
+
+
 def normalize_rows(matrix: np.ndarray, ids: Sequence[str] | None = None) -> np.ndarray:
     """Unit-length float32 copy of `matrix` (2-D); zero or non-finite rows raise ValueError."""
     m = np.asarray(matrix, dtype=np.float32)
@@ -471,11 +476,9 @@ class ItemIndex(_VectorIndex[_Graph]):
             labels, dists = g.hnsw.knn_query(queries, k=fetch, num_threads=self._num_threads)
         except RuntimeError:  # hnswlib found fewer than `fetch` (sparse graph after many deletes)
             return self._scan(g, queries, fetch)
-        id_of = g.id_of
-        return [
-            [Neighbor(id_of[lab], 1.0 - d) for lab, d in zip(lrow, drow, strict=True)]
-            for lrow, drow in zip(labels.tolist(), dists.tolist(), strict=True)
-        ]
+        ids = map(g.id_of.__getitem__, labels.ravel().tolist())
+        hits = list(map(_neighbor, ids, (1.0 - dists.ravel()).tolist()))
+        return [hits[r * fetch : (r + 1) * fetch] for r in range(labels.shape[0])]
 
     def _scan(self, g: _Graph, queries: np.ndarray, fetch: int) -> list[list[Neighbor]]:
         """Exact top-`fetch` over every live vector, read back from hnswlib in chunks."""

@@ -47,7 +47,7 @@ def embedded_settings(bootstrap_servers: str) -> KafkaSettings:
         session_timeout_ms=6000,
         rebalance_timeout_ms=6000,
         one_record_batches=True,
-        fetch_max_wait_ms=20,
+        fetch_max_wait_ms=50,
     )
 
 
@@ -55,7 +55,7 @@ EMBEDDED_ENV = {
     "RECSTREAM_KAFKA_SESSION_TIMEOUT_MS": "6000",
     "RECSTREAM_KAFKA_REBALANCE_TIMEOUT_MS": "6000",
     "RECSTREAM_KAFKA_ONE_RECORD_BATCHES": "1",
-    "RECSTREAM_KAFKA_FETCH_MAX_WAIT_MS": "20",
+    "RECSTREAM_KAFKA_FETCH_MAX_WAIT_MS": "50",
 }
 """Environment for worker processes talking to the embedded broker (see ``embedded_settings``)."""
 

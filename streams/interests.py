@@ -20,6 +20,9 @@ its table gives the same answer as an uninterrupted run.
 
 from __future__ import annotations
 
+import functools
+import heapq
+import math
 import struct
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
+from threadpoolctl import ThreadpoolController
 
 DAY_MS = 86_400_000
 FORMAT_VERSION = 1
@@ -128,8 +132,8 @@ class Interest:
 def unit(vector: np.ndarray) -> np.ndarray:
     """The float32 unit vector along ``vector`` (raises on zero or non-finite input)."""
     v = np.asarray(vector, dtype=np.float32).reshape(-1)
-    norm = float(np.sqrt(np.dot(v, v)))
-    if not np.isfinite(norm) or norm == 0.0:
+    norm = math.sqrt(float(v @ v))
+    if not math.isfinite(norm) or norm == 0.0:
         raise ValueError("embedding must be finite and non-zero")
     return v / np.float32(norm)
 
@@ -171,11 +175,17 @@ class InterestClusters:
             None if self._dim == 0 else np.zeros((cap, self._dim), np.float32)
         )
         self._free: list[int] = list(range(cap - 1, -1, -1))
+        # (ts, seq, slot) of every action, a min-heap: the next eviction is at the top. Entries
+        # of slots freed otherwise (deletes) go stale and are dropped when they surface.
+        self._order: list[tuple[int, int, int]] = []
         self._n = 0
         self._next_seq = 0
         # Clusters in creation order: float32 member sums (stored as-is, so a reload is exact).
         self._sums = np.zeros((0, self._dim), dtype=np.float32)
         self._counts = np.zeros(0, dtype=np.int64)
+        # Centroids (sums / counts) cached for the per-event cost; None = all stale.
+        self._cents: np.ndarray | None = None
+        self._dirty: set[int] = set()
         self._medoid_cache: dict[int, str] = {}
         self._item_counts: Counter[str] = Counter()
         self._event_ids: deque[str] = deque()
@@ -208,6 +218,7 @@ class InterestClusters:
         self._dim = dim
         self._vec = np.zeros((len(self._ts), dim), dtype=np.float32)
         self._sums = np.zeros((0, dim), dtype=np.float32)
+        self._cents = None
 
     @property
     def dim(self) -> int:
@@ -285,6 +296,7 @@ class InterestClusters:
         self._items[slot] = item_id
         self._ts[slot] = ts
         self._seq[slot] = self._next_seq
+        heapq.heappush(self._order, (ts, self._next_seq, slot))
         self._next_seq += 1
         self._w[slot] = weight
         self._n += 1
@@ -296,27 +308,44 @@ class InterestClusters:
         self._vec[slot] = x
         counts = self._counts
         if len(counts):
-            diff = self._sums / counts[:, None].astype(np.float32) - x
-            cost = counts / (counts + 1.0) * np.einsum("ij,ij->i", diff, diff)
-            j = int(np.argmin(cost))
+            # Ward cost of joining cluster j: n/(n+1) ||c_j - x||^2, expanded (x is a unit vector).
+            cents = self._centroids()
+            d2 = np.einsum("ij,ij->i", cents, cents) - 2.0 * (cents @ x) + 1.0
+            cost = counts / (counts + 1.0) * d2
+            j = int(cost.argmin())
             if cost[j] < self.config.merge_threshold:
                 self._sums[j] += x
                 self._counts[j] += 1
+                self._dirty.add(j)
                 self._cl[slot] = j
                 self._medoid_cache.pop(j, None)
                 return
         self._sums = np.vstack([self._sums, x[None, :]])
         self._counts = np.append(self._counts, 1)
+        self._cents = None
         self._cl[slot] = len(self._counts) - 1
 
+    def _centroids(self) -> np.ndarray:
+        """sums / counts, recomputing only the clusters changed since the last call."""
+        if self._cents is None:
+            self._cents = self._sums / self._counts[:, None].astype(np.float32)
+        elif self._dirty:
+            rows = sorted(self._dirty)
+            self._cents[rows] = self._sums[rows] / self._counts[rows, None].astype(np.float32)
+        self._dirty.clear()
+        return self._cents
+
     def _evict(self, oldest_allowed: float) -> None:
+        order = self._order
         while self._n:
-            # Oldest action by (ts, arrival): free slots hold _NO_TS and never win.
-            t = int(self._ts.min())
-            if self._n <= self.config.max_actions and t >= oldest_allowed:
+            # Oldest action by (ts, arrival).
+            ts, seq, slot = order[0]
+            if self._ts[slot] != ts or self._seq[slot] != seq:
+                heapq.heappop(order)  # stale: that slot was freed (and maybe reused) since
+                continue
+            if self._n <= self.config.max_actions and ts >= oldest_allowed:
                 return
-            tied = np.flatnonzero(self._ts == t)
-            slot = int(tied[np.argmin(self._seq[tied])]) if len(tied) > 1 else int(tied[0])
+            heapq.heappop(order)
             self._remove_slots([slot])
 
     def _remove_slots(self, slots: Sequence[int]) -> None:
@@ -333,6 +362,7 @@ class InterestClusters:
                 self._sums[j] -= self._vec[slot]
                 self._counts[j] -= 1
                 touched.add(j)
+                self._dirty.add(j)
             self._items[slot] = None
             self._ts[slot] = _NO_TS
             self._cl[slot] = -1
@@ -352,6 +382,7 @@ class InterestClusters:
         self._cl[live] = remap[self._cl[live]]
         self._sums = self._sums[keep]
         self._counts = self._counts[keep]
+        self._cents = None
         self._medoid_cache = {int(remap[j]): m for j, m in self._medoid_cache.items() if keep[j]}
 
     def _merge_cheapest_pair(self) -> None:
@@ -406,9 +437,11 @@ class InterestClusters:
         k = len(order)
         onehot = np.zeros((k, len(assign)), dtype=np.float32)
         onehot[assign, np.arange(len(assign))] = 1.0
-        sums = onehot @ self._vec[distinct]
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            sums = onehot @ self._vec[distinct]
         self._sums = sums
         self._counts = np.bincount(assign, minlength=k).astype(np.int64)
+        self._cents = None
         self._medoid_cache = {}
 
     # -- deletion -------------------------------------------------------------------------
@@ -557,6 +590,23 @@ class InterestClusters:
         ]
         return b"".join(parts)
 
+    @staticmethod
+    def items_in(blob: bytes) -> frozenset[str]:
+        """The item ids a ``to_bytes`` state holds, without rebuilding it (cheap: no vectors).
+
+        Raises ``StateFormatError`` on a blob that is not a state of this format version.
+        """
+        _check_magic_and_version(blob)
+        size = struct.calcsize(_HEADER)
+        if len(blob) < size:
+            raise StateFormatError("interests state is truncated")
+        fields = struct.unpack_from(_HEADER, blob)
+        n, n_last, n_items = fields[3], fields[8], fields[9]
+        start = size + n_last
+        if len(blob) < start + n_items:
+            raise StateFormatError("interests state is truncated")
+        return frozenset(blob[start : start + n_items].decode().split("\n")) if n else frozenset()
+
     @classmethod
     def from_bytes(
         cls, blob: bytes, lookup: Lookup, config: InterestConfig | None = None
@@ -564,13 +614,7 @@ class InterestClusters:
         """Rebuild a state from ``to_bytes``; actions on items ``lookup`` lacks are dropped."""
         fmt = _HEADER
         size = struct.calcsize(fmt)
-        if len(blob) < 5 or blob[:4] != _MAGIC:
-            raise StateFormatError("not a recstream interests state (bad magic)")
-        if blob[4] != FORMAT_VERSION:
-            raise StateFormatError(
-                f"interests state format version {blob[4]} is not supported "
-                f"(this recstream reads version {FORMAT_VERSION})"
-            )
+        _check_magic_and_version(blob)
         if len(blob) < size:
             raise StateFormatError("interests state is truncated")
         _, _, dim, n, k, applied, max_ts, has_last, n_last, n_items, n_events = struct.unpack_from(
@@ -641,6 +685,8 @@ class InterestClusters:
             else:
                 state._vec[slot] = unit(vec)
         state._next_seq = n
+        state._order = [(int(state._ts[s]), int(state._seq[s]), s) for s in state._live_slots()]
+        heapq.heapify(state._order)
         if missing:
             # The item is gone: drop its actions and rebuild the affected cluster sums exactly.
             touched = {int(state._cl[s]) for s in missing}
@@ -668,9 +714,25 @@ class InterestClusters:
             members = list(first.values())
             self._counts[j] = len(members)
             self._sums[j] = self._vec[members].sum(axis=0, dtype=np.float32) if members else 0
+        self._cents = None
         empty = [j for j in sorted(touched) if self._counts[j] == 0]
         if empty:
             self._drop_clusters(empty)
+
+
+def _check_magic_and_version(blob: bytes) -> None:
+    if len(blob) < 5 or blob[:4] != _MAGIC:
+        raise StateFormatError("not a recstream interests state (bad magic)")
+    if blob[4] != FORMAT_VERSION:
+        raise StateFormatError(
+            f"interests state format version {blob[4]} is not supported "
+            f"(this recstream reads version {FORMAT_VERSION})"
+        )
+
+
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    return ThreadpoolController()
 
 
 def ward_labels(vectors: np.ndarray, threshold: float, max_clusters: int) -> np.ndarray:
@@ -684,7 +746,11 @@ def ward_labels(vectors: np.ndarray, threshold: float, max_clusters: int) -> np.
         return np.ones(1, dtype=np.int32)
     v = np.ascontiguousarray(vectors, dtype=np.float32)
     sq = np.einsum("ij,ij->i", v, v)
-    d2 = (sq[:, None] + sq[None, :] - 2.0 * (v @ v.T)).astype(np.float64)
+    # One BLAS thread: a 500 x 500 product is too small to share, and a worker's other
+    # threads (and other workers) need the cores; threaded it is ~8x slower under load.
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        gram = v @ v.T
+    d2 = (sq[:, None] + sq[None, :] - 2.0 * gram).astype(np.float64)
     np.maximum(d2, 0.0, out=d2)
     np.fill_diagonal(d2, 0.0)
     tree = linkage(squareform(np.sqrt(d2), checks=False), method="ward")
