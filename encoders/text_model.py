@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,22 +217,33 @@ def load_text_encoder(source: Path) -> TextEncoder:
 
 
 def build_wordpiece_tokenizer(corpus: Iterable[str], vocab_size: int = 1000) -> Tokenizer:
-    """A BERT-style WordPiece tokenizer (uncased) trained on ``corpus`` with ``tokenizers``."""
-    from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers.trainers import WordPieceTrainer
+    """A BERT-style WordPiece tokenizer (uncased) whose vocabulary comes from ``corpus``.
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
-    tok.normalizer = normalizers.BertNormalizer(
+    Deterministic: the special tokens, every character of the alphabet and the corpus (as a
+    word start and as a ``##`` continuation), then the corpus's words by frequency (ties by
+    word), up to ``vocab_size``. (``tokenizers``' WordPieceTrainer breaks frequency ties in
+    hash-map order, which changes from one process to the next.)
+    """
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
+
+    normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
     )
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = WordPieceTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=list(_TINY_ALPHABET),
-        show_progress=False,
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in corpus:
+        counts.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted(set(_TINY_ALPHABET).union(*counts))
+    vocab = [*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars)]
+    words = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
+    vocab += words[: max(vocab_size - len(vocab), 0)]
+    tok = Tokenizer(
+        models.WordPiece(
+            {t: i for i, t in enumerate(vocab)}, unk_token="[UNK]", max_input_chars_per_word=100
+        )
     )
-    tok.train_from_iterator(list(corpus), trainer)
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -286,8 +298,9 @@ def build_tiny_text_encoder(
             elif name.endswith("bias"):
                 param.zero_()
             else:
-                # Wider than BERT's 0.02 so a 2-layer random model still separates texts.
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+                # Wider than BERT's 0.02 so a 2-layer random model still separates texts,
+                # narrow enough that its int8 export agrees like a trained one's (0.5: ~0.95).
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
     save_file(
         {k: v.contiguous() for k, v in model.state_dict().items()}, out_dir / "model.safetensors"
     )

@@ -461,6 +461,12 @@ def eval_quality(
     seed: Annotated[int, typer.Option()] = 0,
     variant: Annotated[str, typer.Option(help="Encoder variant: fp32, int8 or auto.")] = "fp32",
     model_dir: Annotated[Path | None, typer.Option(help="Exported encoder directory.")] = None,
+    head_epochs: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Fit the encoder head on training-period co-engagement (epochs; 0 = no)."
+        ),
+    ] = 0,
     through_kafka: Annotated[
         bool,
         typer.Option(
@@ -496,6 +502,7 @@ def eval_quality(
         encoder_variant=variant,
         model_dir=model_dir,
         through_kafka=through_kafka,
+        head_epochs=head_epochs,
     )
     try:
         report, _ = run_eval(settings)

@@ -35,9 +35,7 @@ def trained(
     """(base model dir, trained model dir, training report) via ``recstream encoders train``."""
     root = tmp_path_factory.mktemp("head")
     source = build_tiny_text_encoder(root / "source", dim=32, corpus=topic_log.texts)
-    # fp32 only: these tests are about the head; int8 parity has its own tests (a tiny random
-    # BERT quantizes no better than ~0.98 cosine, which says nothing about the real model).
-    export_text_encoder(root / "base", source=source, quantize=False)
+    export_text_encoder(root / "base", source=source)
     result = CliRunner().invoke(
         app,
         [
