@@ -9,8 +9,9 @@ Per event (``learn_one``) the new action joins the cluster with the smallest War
 ``n / (n + 1) * ||x - centroid||^2`` when that cost is below ``merge_threshold``, else starts a
 new cluster; past ``max_clusters`` the cheapest pair (Ward ``na nb / (na + nb) ||ca - cb||^2``)
 is merged; actions older than the window or beyond ``max_actions`` are evicted. Every
-``recluster_every`` applied events a full Ward clustering (scipy) cut at the same cost replaces
-the incremental one, which corrects the drift of greedy assignment.
+``recluster_every`` applied events (and at 16, 32, 64, ... events while the user is young) a full
+Ward clustering (scipy) cut at the same cost replaces the incremental one, which corrects the
+drift of greedy assignment.
 
 Everything that decides the state is made independent of memory layout (clusters keep
 creation order, actions keep arrival order, ties break on ids), so a state rebuilt from
@@ -81,7 +82,8 @@ class InterestConfig:
     - ``window_days`` / ``max_actions``: actions kept (by event time / count).
     - ``action_weights``: weight per action name; an event's explicit ``weight`` wins; an
       unknown action weighs ``default_weight``.
-    - ``recluster_every``: full Ward recluster every N applied events (0 = only on demand).
+    - ``recluster_every``: full Ward recluster every N applied events, and at 16, 32, 64, ...
+      events before the first N (0 = only on demand).
     - ``remembered_event_ids``: how many recent event ids are kept to drop duplicates.
     """
 
@@ -257,6 +259,12 @@ class InterestClusters:
         eid = event.event_id
         if eid in self._event_set:
             return False
+        # Validate before remembering the id: a rejected event must stay retryable.
+        x = unit(embedding)
+        if self._dim and x.shape[0] != self._dim:
+            raise ValueError(
+                f"embedding has dim {x.shape[0]}, this user's state has dim {self._dim}"
+            )
         self._remember(eid)
         self._last_event_id = eid
         ts = int(event.ts)
@@ -264,7 +272,6 @@ class InterestClusters:
         newest = max(self._max_ts, ts)
         if ts < newest - window:
             return False  # already outside the window: it would be evicted at once
-        x = unit(embedding)
         self._ensure_dim(x.shape[0])
         self._max_ts = newest
         self._applied += 1
@@ -272,10 +279,21 @@ class InterestClusters:
         self._evict(newest - window)
         if len(self._counts) > self.config.max_clusters:
             self._merge_cheapest_pair()
-        every = self.config.recluster_every
-        if every and self._applied % every == 0:
+        if self._recluster_due():
             self.recluster()
         return True
+
+    def _recluster_due(self) -> bool:
+        """Every ``recluster_every`` events; a young user also at 16, 32, 64, ... events.
+
+        Greedy assignment errs most while a user is young (a new interest's first actions join
+        an older cluster that is still small and loose); those reclusters are cheap (few
+        actions) and make the clusters right early, at four or so extra reclusters per user.
+        """
+        every, n = self.config.recluster_every, self._applied
+        if not every:
+            return False
+        return n % every == 0 or (16 <= n < every and n & (n - 1) == 0)
 
     def _remember(self, event_id: str) -> None:
         cap = self.config.remembered_event_ids

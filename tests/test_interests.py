@@ -53,18 +53,29 @@ def run_users(data, vectors, config):  # type: ignore[no-untyped-def]
     return states
 
 
-def test_clusters_recover_the_users_latent_interests(generated) -> None:  # type: ignore[no-untyped-def]
-    data, vectors = generated
+def truth_scores(data, states) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """ARI of each user's clusters against their items' latent topics (users with >= 30)."""
     item_topic = data.truth["items"]
-    states = run_users(data, vectors, InterestConfig(recluster_every=0))
     scores = []
     for state in states.values():
-        if state.n_actions < 30:
-            continue
-        ids, labels = state.assignments()
-        scores.append(adjusted_rand_score([item_topic[i] for i in ids], labels))
+        if state.n_actions >= 30:
+            ids, labels = state.assignments()
+            scores.append(adjusted_rand_score([item_topic[i] for i in ids], labels))
+    return np.array(scores)
+
+
+def test_clusters_recover_every_users_latent_interests(generated) -> None:  # type: ignore[no-untyped-def]
+    data, vectors = generated
+    scores = truth_scores(data, run_users(data, vectors, InterestConfig()))
     assert len(scores) >= 20
-    assert np.mean(scores) >= 0.8, np.mean(scores)
+    assert scores.min() >= 0.8, np.sort(scores)[:5]
+
+
+def test_purely_incremental_clusters_recover_the_interests_too(generated) -> None:  # type: ignore[no-untyped-def]
+    data, vectors = generated
+    scores = truth_scores(data, run_users(data, vectors, InterestConfig(recluster_every=0)))
+    # Greedy assignment alone (no recluster ever) errs for a few users, not for most.
+    assert scores.mean() >= 0.95 and np.mean(scores >= 0.8) >= 0.9, np.sort(scores)[:5]
 
 
 def test_incremental_clusters_agree_with_a_full_ward_recluster(generated) -> None:  # type: ignore[no-untyped-def]
@@ -78,7 +89,18 @@ def test_incremental_clusters_agree_with_a_full_ward_recluster(generated) -> Non
         state.recluster()
         _, full = state.assignments()
         scores.append(adjusted_rand_score(incremental, full))
-    assert np.mean(scores) >= 0.8, np.mean(scores)
+    assert np.mean(scores) >= 0.95 and np.mean(np.array(scores) >= 0.8) >= 0.9, scores
+
+
+def test_young_users_are_reclustered_early_then_every_n_events() -> None:
+    state = InterestClusters(InterestConfig(recluster_every=200))
+    calls: list[int] = []
+    recluster = state.recluster
+    state.recluster = lambda: (calls.append(state._applied), recluster())[1]  # type: ignore[method-assign]
+    rng = np.random.default_rng(0)
+    for i in range(650):
+        state.learn_one(ev(i, f"i{i}", T0 + i), rng.normal(size=8))
+    assert calls == [16, 32, 64, 128, 200, 400, 600]
 
 
 def test_top_medoids_are_members_ranked_by_decayed_importance(generated) -> None:  # type: ignore[no-untyped-def]
@@ -147,6 +169,17 @@ def test_late_events_are_applied_with_their_own_timestamp() -> None:
     [interest] = state.interests(T0 + 4 * DAY_MS)
     assert interest.importance == pytest.approx(2.0 * (1 + np.exp(-0.5 * 4)))
     assert state.last_ts == T0 + 4 * DAY_MS
+
+
+def test_a_rejected_embedding_leaves_the_event_retryable() -> None:
+    state = InterestClusters()
+    state.learn_one(ev(1, "a", T0), np.ones(4, dtype=np.float32))
+    for bad in (np.zeros(4), np.full(4, np.nan), np.ones(5)):
+        with pytest.raises(ValueError):
+            state.learn_one(ev(2, "b", T0 + 1), bad)
+        assert not state.remembers("e2") and state.last_event_id == "e1"
+    assert state.learn_one(ev(2, "b", T0 + 1), np.ones(4, dtype=np.float32))
+    assert state.n_actions == 2 and state.last_event_id == "e2"
 
 
 def test_deleting_an_item_removes_it_everywhere_and_forget_empties_the_user() -> None:
