@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -75,28 +76,47 @@ def topics(bootstrap_servers: Bootstrap = None) -> None:
 
 @app.command()
 def publish(
-    file: Annotated[str, typer.Argument(help="JSONL file of events, or - for stdin.")],
+    file: Annotated[
+        str,
+        typer.Argument(
+            help="JSONL file of events (checked whole before anything is sent), or - for stdin "
+            "(sent as it is read, up to the first bad line)."
+        ),
+    ],
     topic: Annotated[
-        str | None, typer.Option(help="Only accept events that belong on this topic.")
+        str | None,
+        typer.Option(help="The topic to publish to: every event must belong on it."),
     ] = None,
     bootstrap_servers: Bootstrap = None,
     quiet: Quiet = False,
 ) -> None:
-    """Validate and publish JSONL events (keyed by user or item id); confirm delivery."""
-    from streams.publish import Publisher, publish_jsonl
+    """Validate and publish JSONL events (keyed by user or item id); confirm delivery.
+
+    Each event goes to the topic of its type (engagement and user_deleted: engagements; item
+    and item_deleted: items); with --topic, an event of another type is an error.
+    """
+    from streams.publish import Publisher, publish_jsonl, validate_jsonl
     from streams.schemas import InvalidEvent
-    from streams.topics import ensure_topics
+    from streams.topics import BY_NAME, ensure_topics
 
     _setup_logging()
+    if topic is not None and topic not in BY_NAME:
+        raise typer.BadParameter(f"unknown topic {topic!r}; one of {', '.join(BY_NAME)}")
     settings = _settings(bootstrap_servers)
-    ensure_topics(settings)
     try:
+        if file != "-":
+            with open(file, encoding="utf-8") as f:
+                validate_jsonl(f, topic=topic)  # all or nothing: no half-published file
+        ensure_topics(settings)
         with Publisher(settings) as pub:
             if file == "-":
                 n = publish_jsonl(pub, sys.stdin, topic=topic, progress=not quiet)
             else:
                 with open(file, encoding="utf-8") as f:
                     n = publish_jsonl(pub, f, topic=topic, progress=not quiet)
+    except OSError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     except InvalidEvent as exc:
         typer.echo(f"error: {exc.reason}", err=True)
         raise typer.Exit(2) from None
@@ -264,9 +284,20 @@ def worker_interests(
         Path, typer.Option(help="Local state: faust tables (RocksDB) and the item store.")
     ] = Path("data/interests-worker"),
     metrics_port: Annotated[
-        int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT.")
+        int | None, typer.Option(help="Serve Prometheus metrics on METRICS_HOST:PORT.")
     ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Address of the metrics endpoint (0.0.0.0 in a container).")
+    ] = "127.0.0.1",
     batch_size: Annotated[int, typer.Option(min=1, help="Most events per batch.")] = 10_000,
+    max_parked_per_user: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Engagements waiting for an item embedding, per user; older ones beyond "
+            "it go to dead-letters.",
+        ),
+    ] = 1_000,
     window_days: Annotated[
         float | None, typer.Option(min=0.001, help="Engine: evict actions older (days; 90).")
     ] = None,
@@ -309,9 +340,19 @@ def worker_interests(
     }
     engine = InterestConfig(**{k: v for k, v in given.items() if v is not None})
     config = InterestsWorkerConfig(
-        data_dir=data_dir, metrics_port=metrics_port, batch_size=batch_size, engine=engine
+        data_dir=data_dir,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        batch_size=batch_size,
+        max_parked_per_user=max_parked_per_user,
+        engine=engine,
     )
     InterestsWorker(settings, config).run(loglevel=loglevel)
+
+
+class VectorDtype(StrEnum):
+    float32 = "float32"
+    float16 = "float16"
 
 
 @worker_app.command("encoder")
@@ -323,6 +364,10 @@ def worker_encoder(
         str, typer.Option(help="auto (int8 on CPU, fp32 on CUDA), fp32 or int8")
     ] = "auto",
     max_batch: Annotated[int, typer.Option(min=1)] = 256,
+    vector_dtype: Annotated[
+        VectorDtype,
+        typer.Option(help="How vectors travel on item-embeddings (float16 halves the topic)."),
+    ] = VectorDtype.float32,
     bootstrap_servers: Bootstrap = None,
 ) -> None:
     """Items -> ONNX text encoder (batched) -> item-embeddings."""
@@ -334,7 +379,9 @@ def worker_encoder(
     _setup_logging()
     settings = _settings(bootstrap_servers)
     ensure_topics(settings)
-    worker = EncoderWorker(settings, _encoder(model_dir, variant), max_batch=max_batch)
+    worker = EncoderWorker(
+        settings, _encoder(model_dir, variant), max_batch=max_batch, vector_dtype=vector_dtype.value
+    )
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     try:
         worker.run()

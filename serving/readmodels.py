@@ -54,7 +54,13 @@ from streams.schemas import (
     decode_for_topic,
 )
 from streams.settings import KafkaSettings
-from streams.topics import DEAD_LETTER_MAX_BYTES, ENGAGEMENTS, ITEM_EMBEDDINGS, USER_INTERESTS
+from streams.topics import (
+    DEAD_LETTER_MAX_BYTES,
+    ENGAGEMENTS,
+    ITEM_EMBEDDINGS,
+    USER_INTERESTS,
+    is_resent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -564,7 +570,8 @@ class ReadModels:
                 # The interests worker owns dead-lettering this topic; we only count.
                 self.metrics.records.labels(tp.topic, "invalid").inc()
                 continue
-            if isinstance(ev, Engagement):
+            # A parked engagement re-sent by the interests worker was counted the first time.
+            if isinstance(ev, Engagement) and not is_resent(m.headers):
                 items.append(ev.item_id)
                 stamps.append(ev.ts)
         if items:

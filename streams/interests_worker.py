@@ -55,7 +55,14 @@ from streams.schemas import (
     decode_for_topic,
 )
 from streams.settings import KafkaSettings
-from streams.topics import DEAD_LETTERS, ENGAGEMENTS, ITEM_EMBEDDINGS, USER_INTERESTS
+from streams.topics import (
+    DEAD_LETTERS,
+    ENGAGEMENTS,
+    ITEM_EMBEDDINGS,
+    RESENT_HEADER,
+    USER_INTERESTS,
+    is_resent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +87,7 @@ class InterestsWorkerConfig:
     include_state: bool = True
     commit_interval_s: float = 1.0
     metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can reach it
     engine: InterestConfig = field(default_factory=InterestConfig)
 
 
@@ -230,14 +238,6 @@ class ItemFeed:
         self.arrived.extend(r.item_id for r in puts)
 
 
-RESENT_HEADER = ("recstream-resent", b"parked")
-"""Marks an engagement the worker re-sent to ``engagements`` when its parked item arrived."""
-
-
-def _is_resent(message: Any) -> bool:
-    return RESENT_HEADER in (message.headers or ())
-
-
 def _delivery_tracked_table(unconfirmed: list[Any]) -> type:
     """A faust Table class that appends each changelog record's future to ``unconfirmed``."""
     import faust
@@ -327,6 +327,8 @@ class InterestsWorker:
         self._cache: OrderedDict[str, InterestClusters] = OrderedDict()
         # (partition, offset) of the last engagement each cached user's stored state reflects.
         self._positions: dict[str, tuple[int, int]] = {}
+        # Next engagement offset to process, per partition (for the lag gauge).
+        self._next_offset: dict[int, int] = {}
         self._parked_index: dict[str, set[str]] | None = None
         self._parked_count = 0
         self.app.agent(self.engagements, name="interests")(self._agent)
@@ -344,6 +346,7 @@ class InterestsWorker:
         # Another worker may own these users next: forget what we cached about them.
         self._cache.clear()
         self._positions.clear()
+        self._next_offset.clear()
         self._parked_index = None
 
     async def _rewind_uncommitted(self, app: Any, *args: Any, **kwargs: Any) -> None:
@@ -374,6 +377,7 @@ class InterestsWorker:
             self.metrics.batch_size.observe(len(events))
             await self.process(events)
             await self._confirm_delivery()
+            await self._update_lag()
 
     async def _confirm_delivery(self) -> None:
         """Wait until the broker has every changelog and output record of this batch.
@@ -390,7 +394,7 @@ class InterestsWorker:
 
     async def _housekeeping(self) -> None:
         await self._republish_arrived()
-        self._update_lag()
+        await self._update_lag()
         self.metrics.items.set(len(self.items_db.items))
 
     # -- processing ---------------------------------------------------------------------
@@ -402,6 +406,9 @@ class InterestsWorker:
         per_user: OrderedDict[str, list[tuple[Any, Any]]] = OrderedDict()
         for ev in events:
             msg = ev.message
+            self._next_offset[msg.partition] = max(
+                self._next_offset.get(msg.partition, 0), msg.offset + 1
+            )
             try:
                 decoded = decode_for_topic(ENGAGEMENTS.name, ev.value)
             except InvalidEvent as exc:
@@ -457,7 +464,7 @@ class InterestsWorker:
                 self.metrics.events.labels("user_deleted").inc()
                 continue
             deleted_user = False
-            if _is_resent(event.message) and ev.event_id not in parked:
+            if is_resent(event.message.headers) and ev.event_id not in parked:
                 # A parked event re-sent on its item's arrival that is no longer parked: it was
                 # applied already (re-sent twice around a crash). Event ids alone would not do.
                 self.metrics.events.labels("duplicate").inc()
@@ -632,7 +639,8 @@ class InterestsWorker:
         )
         self.metrics.dead_letters.inc()
 
-    def _update_lag(self) -> None:
+    async def _update_lag(self) -> None:
+        """Engagements behind the partitions' ends: processed here, or else fetched so far."""
         consumer: Any = self.app.consumer
         lag = 0
         try:
@@ -640,10 +648,13 @@ class InterestsWorker:
                 if tp.topic != ENGAGEMENTS.name:
                     continue
                 high = consumer.highwater(tp)
-                pos = consumer._last_offset.get(tp)
+                pos = self._next_offset.get(tp.partition)
+                if pos is None:
+                    pos = await consumer.position(tp)
                 if high is not None and pos is not None:
-                    lag += max(high - pos - 1, 0)
-        except Exception:  # lag is best-effort telemetry, never fatal
+                    lag += max(high - pos, 0)
+        except Exception as exc:  # lag is best-effort telemetry, never fatal
+            log.debug("consumer lag unavailable: %s", exc)
             return
         self.metrics.lag.set(lag)
 
@@ -675,7 +686,7 @@ class InterestsWorker:
         if self.config.metrics_port:
             from prometheus_client import start_http_server
 
-            start_http_server(self.config.metrics_port, addr="127.0.0.1")
+            start_http_server(self.config.metrics_port, addr=self.config.metrics_host)
         worker = faust.Worker(self.app, loglevel=loglevel, quiet=True)
         clean = False
         try:

@@ -61,10 +61,18 @@ class Publisher:
             self._failures.append(exc)
 
     def send(
-        self, topic: str, value: bytes | None, *, key: bytes | None, timestamp_ms: int | None = None
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None,
+        timestamp_ms: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         """Send raw bytes (``value=None`` is a tombstone on a compacted topic)."""
-        fut = self._producer.send(topic, value=value, key=key, timestamp_ms=timestamp_ms)
+        fut = self._producer.send(
+            topic, value=value, key=key, timestamp_ms=timestamp_ms, headers=headers
+        )
         fut.add_errback(self._on_error)
         self.sent += 1
 
@@ -121,6 +129,21 @@ def read_jsonl_events(lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
             raise InvalidEvent(f"line {lineno}: {exc.reason}") from None
 
 
+def checked_events(stream: Iterable[str], *, topic: str | None = None) -> Iterator[Any]:
+    """The validated events of a JSONL stream; with ``topic``, only events that belong on it."""
+    for lineno, event in read_jsonl_events(stream):
+        if topic is not None and topic != topic_for(event):
+            raise InvalidEvent(
+                f"line {lineno}: event type {event.type!r} does not belong on topic {topic!r}"
+            )
+        yield event
+
+
+def validate_jsonl(stream: Iterable[str], *, topic: str | None = None) -> int:
+    """Check every line of a JSONL stream without sending anything; return the event count."""
+    return sum(1 for _ in checked_events(stream, topic=topic))
+
+
 def publish_jsonl(
     publisher: Publisher, stream: TextIO, *, topic: str | None = None, progress: bool = True
 ) -> int:
@@ -129,9 +152,7 @@ def publish_jsonl(
 
     n = 0
     with tqdm(desc="publish", unit="ev", disable=not progress, mininterval=0.5) as bar:
-        for _, event in read_jsonl_events(stream):
-            if topic is not None and topic != topic_for(event):
-                raise InvalidEvent(f"event type {event.type!r} does not belong on topic {topic!r}")
+        for event in checked_events(stream, topic=topic):
             publisher.publish(event)
             n += 1
             bar.update()

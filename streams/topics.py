@@ -50,6 +50,14 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
 )
 BY_NAME = {t.name: t for t in ALL_TOPICS}
 
+RESENT_HEADER = ("recstream-resent", b"parked")
+"""Header of an engagement the interests worker re-sent to ``engagements`` once its parked item
+got an embedding: the same event a second time on the topic, which counters must not count."""
+
+
+def is_resent(headers: Iterable[tuple[str, bytes]] | None) -> bool:
+    return RESENT_HEADER in (headers or ())
+
 
 def ensure_topics(
     settings: KafkaSettings,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import signal
+import threading
 import urllib.request
 from collections import Counter
 from collections.abc import Sequence
@@ -16,8 +19,8 @@ from streams.generate import generate
 from streams.interests import InterestClusters
 from streams.publish import Publisher
 from streams.replay import read_topic
-from streams.schemas import UserDeleted
-from streams.topics import DEAD_LETTERS, ENGAGEMENTS
+from streams.schemas import Engagement, UserDeleted
+from streams.topics import DEAD_LETTERS, ENGAGEMENTS, ITEM_EMBEDDINGS
 from tests._streaming import (
     offline_states,
     publish_item_vectors,
@@ -100,6 +103,28 @@ def test_two_workers_split_partitions_and_agree_with_one(
     assert all("Traceback" not in log for log in logs), logs
 
 
+class MetricSampler:
+    """Samples one metric every 50 ms in a thread, while the ``with`` block runs."""
+
+    def __init__(self, port: int, name: str) -> None:
+        self.port, self.name = port, name
+        self.values: list[float] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._done.wait(0.05):
+            self.values.append(_metric(self.port, self.name))
+
+    def __enter__(self) -> list[float]:
+        self._thread.start()
+        return self.values
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def _metric(port: int, name: str, **labels: str) -> float:
     """One sample of a worker's Prometheus metrics (0 while the endpoint is not up yet)."""
     try:
@@ -123,21 +148,42 @@ def test_sigkill_halfway_then_restart_loses_nothing_and_double_counts_nothing(
     with Publisher(settings) as pub:
         pub.publish_many(data.engagements)
     expected = offline_states(data.engagements, vectors)
-    proc = start_interests_worker(fresh_broker.bootstrap_servers, tmp_path / "w")
+    port = free_port()
+    proc = start_interests_worker(
+        fresh_broker.bootstrap_servers, tmp_path / "w", extra=["--metrics-port", str(port)]
+    )
     try:
-        # Kill once part of the log is applied (some users published, not all of them final).
+        # Kill once part of the log is applied: watched on the metrics endpoint, which answers
+        # in milliseconds (reading user-interests takes a second, time enough to finish).
         wait_for(
-            lambda: len(worker_states(settings)) >= 50, 90, interval_s=0.2, what="first results"
+            lambda: _metric(port, "recstream_interest_events_total", outcome="applied") >= 25_000,
+            90,
+            interval_s=0.05,
+            what="part of the log applied",
+            alive=[proc],
         )
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert worker_states(settings) != expected
-        proc = start_interests_worker(fresh_broker.bootstrap_servers, tmp_path / "w")
+        proc = start_interests_worker(
+            fresh_broker.bootstrap_servers, tmp_path / "w", extra=["--metrics-port", str(port)]
+        )
+        with MetricSampler(port, "recstream_interest_consumer_lag") as lags:
+            wait_for(
+                lambda: worker_states(settings) == expected,
+                240,
+                what="states equal offline",
+                alive=[proc],
+            )
+        # The lag gauge saw the backlog the restarted worker had to work through, then none.
+        assert max(lags) > 0, lags
         wait_for(
-            lambda: worker_states(settings) == expected,
-            240,
-            what="states equal offline",
-            alive=[proc],
+            lambda: (
+                _metric(port, "recstream_interest_consumer_lag") == 0
+                and _metric(port, "recstream_interest_partitions") == 8
+            ),
+            10,
+            what="lag back to 0",
         )
     finally:
         stop(proc)
@@ -188,3 +234,64 @@ def test_parked_engagements_survive_a_crash_and_apply_once_their_item_embedding_
 def _lookup(vectors: dict[str, np.ndarray], ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
     found = [i for i in ids if i in vectors]
     return found, (np.stack([vectors[i] for i in found]) if found else np.empty((0, 32)))
+
+
+def test_deleted_items_leave_users_at_their_next_event_and_parking_is_bounded(
+    fresh_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    settings = fresh_broker.settings()
+    rng = np.random.default_rng(5)
+    vectors = {f"i{n}": v / np.linalg.norm(v) for n, v in enumerate(rng.normal(size=(6, 32)))}
+    vectors = {i: v.astype(np.float32) for i, v in vectors.items()}
+    publish_item_vectors(settings, {i: vectors[i] for i in ("i0", "i1", "i2", "i3")})
+    t0 = 1_700_000_000_000
+    known = [_engagement(n, f"i{n}", t0 + n) for n in range(3)]
+    # Five engagements on items nobody embedded, with room for three of them in the parking.
+    unknown = [_engagement(10 + n, f"x{n}", t0 + 10 + n) for n in range(5)]
+    with Publisher(settings) as pub:
+        pub.publish_many(known + unknown)
+    port = free_port()
+    proc = start_interests_worker(
+        fresh_broker.bootstrap_servers,
+        tmp_path / "w",
+        extra=["--metrics-port", str(port), "--max-parked-per-user", "3"],
+    )
+
+    def seen() -> set[str]:
+        blob = worker_states(settings).get("u")
+        if blob is None:
+            return set()
+        return set(InterestClusters.from_bytes(blob, lambda ids: _lookup(vectors, ids)).seen_items)
+
+    try:
+        wait_for(lambda: seen() == {"i0", "i1", "i2"}, 60, what="known items applied", alive=[proc])
+        wait_for(
+            lambda: (
+                _metric(port, "recstream_interest_parked_events") == 3
+                and _metric(port, "recstream_interest_dead_letters_total") == 2
+            ),
+            20,
+            what="three parked, two dead-lettered",
+        )
+        letters = [
+            json.loads(r.value or b"")
+            for r in read_topic(settings, DEAD_LETTERS.name, idle_timeout_s=1.0)
+        ]
+        overflow = [d for d in letters if "parked too long" in d["reason"]]
+        assert sorted(
+            json.loads(base64.b64decode(d["value_b64"]))["item_id"] for d in overflow
+        ) == [
+            "x0",
+            "x1",
+        ]
+        # i1 is deleted; the user's state drops it at their next event.
+        with Publisher(settings) as pub:
+            pub.send(ITEM_EMBEDDINGS.name, None, key=b"i1")
+            pub.publish(_engagement(20, "i3", t0 + 20))
+        wait_for(lambda: seen() == {"i0", "i2", "i3"}, 30, what="i1 forgotten", alive=[proc])
+    finally:
+        stop(proc)
+
+
+def _engagement(n: int, item_id: str, ts: int) -> Engagement:
+    return Engagement(event_id=f"e{n}", user_id="u", item_id=item_id, action="click", ts=ts)
