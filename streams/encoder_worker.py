@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -70,11 +70,15 @@ class EncoderWorker:
         poll_timeout_ms: int = 100,
         vector_dtype: str = "float32",
     ) -> None:
+        if vector_dtype not in ("float32", "float16"):
+            raise ValueError(f"vector_dtype must be 'float32' or 'float16', not {vector_dtype!r}")
         self.settings = settings
         self.encoder = encoder
         self.max_batch = max_batch
         self.poll_timeout_ms = poll_timeout_ms
-        self.vector_dtype = vector_dtype
+        self.vector_dtype: Literal["float32", "float16"] = (
+            "float16" if vector_dtype == "float16" else "float32"
+        )
         self.stats = EncoderWorkerStats()
         self._publisher = Publisher(settings, linger_ms=5, max_request_size=DEAD_LETTER_MAX_BYTES)
         # Dead letters share the publisher, so they are confirmed with each batch's flush.
@@ -114,10 +118,11 @@ class EncoderWorker:
             elif isinstance(ev, Item):
                 to_encode.append((i, ev))
         if to_encode:
-            vectors = self.encoder.encode_items([ev for _, ev in to_encode])
-            for (i, ev), vec in zip(to_encode, vectors, strict=True):
-                out[i] = self._record(ev, vec, self.encoder.version)
-            self.stats.embedded += len(to_encode)
+            encoded = self._encode(to_encode, accepted)
+            for (i, ev), maybe in zip(to_encode, encoded, strict=True):
+                if maybe is not None:
+                    out[i] = self._record(ev, maybe, self.encoder.version)
+                    self.stats.embedded += 1
         for rec in out:
             if isinstance(rec, ItemDeleted):
                 self._publisher.send(ITEM_EMBEDDINGS.name, None, key=rec.key)
@@ -127,13 +132,51 @@ class EncoderWorker:
         self._publisher.flush()
         self.stats.batches += 1
 
+    def _encode(
+        self, to_encode: Sequence[tuple[int, Item]], accepted: Sequence[Accepted]
+    ) -> list[np.ndarray | None]:
+        """Embeddings of the batch; an item the encoder fails on goes to dead-letters alone.
+
+        When the batch fails, each item is retried by itself. If none of them can be encoded
+        the encoder itself is broken (not the items): raise, and the batch is redelivered.
+        """
+        items = [ev for _, ev in to_encode]
+        try:
+            return list(self.encoder.encode_items(items))
+        except Exception as exc:
+            log.warning(
+                "encoding a batch of %d items failed (%s); retrying one by one", len(items), exc
+            )
+        out: list[np.ndarray | None] = []
+        failures: list[tuple[int, Exception]] = []
+        for i, ev in to_encode:
+            try:
+                out.append(self.encoder.encode_items([ev])[0])
+            except Exception as exc:
+                out.append(None)
+                failures.append((i, exc))
+        if len(failures) == len(items) > 1:
+            raise RuntimeError(f"the encoder fails on every item: {failures[0][1]}")
+        for i, error in failures:
+            acc = accepted[i]
+            self._consumer.dead_letters.reject(
+                acc.event.to_json(),
+                f"the encoder failed on this item: {type(error).__name__}: {error}",
+                source_topic=acc.topic,
+                partition=acc.partition,
+                offset=acc.offset,
+                key=acc.key,
+            )
+            self.stats.dead_lettered += 1
+        return out
+
     def _record(self, item: Item, vec: np.ndarray, version: str) -> ItemEmbedding:
         return ItemEmbedding.from_vector(
             item.item_id,
             vec,
             encoder_version=version,
             source_ts=item.ts,
-            dtype="float16" if self.vector_dtype == "float16" else "float32",
+            dtype=self.vector_dtype,
             text=item.text,
             category=item.category,
             tags=list(item.tags),

@@ -122,3 +122,80 @@ def test_real_pretrained_encoder_through_the_worker(fresh_broker: EmbeddedBroker
     }
     assert recs["a"].shape == (384,)
     assert float(recs["a"] @ recs["b"]) > float(recs["a"] @ recs["c"]) + 0.2
+
+
+class FailsOn:
+    """The tiny encoder, except that it raises on any batch holding a text with ``word``."""
+
+    def __init__(self, session: EncoderSession, word: str) -> None:
+        self.session, self.word = session, word
+        self.dim, self.version = session.dim, session.version
+
+    def encode_items(self, items: list[Item]) -> np.ndarray:
+        if any(self.word in it.text for it in items):
+            raise ValueError(f"cannot encode {self.word!r}")
+        return self.session.encode_items(items)
+
+
+def test_an_item_the_encoder_fails_on_is_dead_lettered_alone_and_float16_travels(
+    fresh_broker: EmbeddedBroker, tiny_encoder: EncoderSession
+) -> None:
+    settings = fresh_broker.settings()
+    items = [Item(item_id=f"i{n}", text=f"item {n} garden tools", ts=n) for n in range(9)]
+    items.insert(4, Item(item_id="bad", text="poison pill", ts=4))
+    with Publisher(settings) as pub:
+        pub.publish_many(items)
+
+    worker = EncoderWorker(
+        settings, FailsOn(tiny_encoder, "poison"), max_batch=16, vector_dtype="float16"
+    )
+    try:
+        run_until(worker, lambda s: s.embedded == 9 and s.dead_lettered == 1)
+    finally:
+        worker.close()
+    recs = {
+        r.key.decode(): decode_for_topic(ITEM_EMBEDDINGS.name, r.value)
+        for r in read_topic(settings, ITEM_EMBEDDINGS.name, idle_timeout_s=1.0)
+        if r.key and r.value
+    }
+    assert set(recs) == {f"i{n}" for n in range(9)}
+    good = [it for it in items if it.item_id != "bad"]
+    for item, vec in zip(good, tiny_encoder.encode_items(good), strict=True):
+        rec = recs[item.item_id]
+        assert rec.dtype == "float16" and rec.dim == 32
+        np.testing.assert_allclose(rec.array(), vec, atol=2e-3)
+    [letter] = [
+        parse_dead_letter(r.value or b"")
+        for r in read_topic(settings, DEAD_LETTERS.name, idle_timeout_s=1.0)
+    ]
+    assert "encoder failed" in letter.reason and "poison" in letter.reason
+    assert json.loads(letter.original())["item_id"] == "bad"
+
+
+def test_a_broken_encoder_stops_the_worker_and_loses_no_item(
+    fresh_broker: EmbeddedBroker, tiny_encoder: EncoderSession
+) -> None:
+    settings = fresh_broker.settings()
+    items = [Item(item_id=f"i{n}", text=f"item {n} garden tools", ts=n) for n in range(5)]
+    with Publisher(settings) as pub:
+        pub.publish_many(items)
+    broken = EncoderWorker(settings, FailsOn(tiny_encoder, "item"), max_batch=16)
+    try:
+        deadline = time.monotonic() + 60
+        with pytest.raises(RuntimeError, match="fails on every item"):
+            while time.monotonic() < deadline:
+                broken.run_once()
+    finally:
+        broken.close()
+    # Nothing was committed or dead-lettered: a healthy worker embeds every item.
+    assert not list(read_topic(settings, DEAD_LETTERS.name, idle_timeout_s=1.0))
+    worker = EncoderWorker(settings, tiny_encoder, max_batch=16)
+    try:
+        run_until(worker, lambda s: s.embedded == 5)
+    finally:
+        worker.close()
+
+
+def test_an_unknown_vector_dtype_is_refused(fresh_broker: EmbeddedBroker) -> None:
+    with pytest.raises(ValueError, match="vector_dtype"):
+        EncoderWorker(fresh_broker.settings(), None, vector_dtype="int8")  # type: ignore[arg-type]

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -181,11 +185,30 @@ def test_batching_encoder_gathers_concurrent_requests(tiny: tuple[Path, Path]) -
             vectors = await asyncio.gather(*(batcher.encode_one(t) for t in texts))
             return list(vectors), batcher.batches
 
+    sizes: list[int] = []
+    encode_items = session.encode_items
+
+    def recording(items: Any) -> np.ndarray:
+        sizes.append(len(items))
+        return encode_items(items)
+
+    session.encode_items = recording  # type: ignore[method-assign]
     vectors, batches = asyncio.run(run())
-    assert batches <= 5  # 40 requests in batches of up to 16, not 40 calls
+    # 40 requests in a few batches of at most max_batch, not 40 calls.
+    assert batches == len(sizes) <= 5 and sum(sizes) == 40 and max(sizes) <= 16, sizes
     np.testing.assert_allclose(
-        np.stack(vectors), session.encode_items([{"text": t} for t in texts]), atol=1e-5
+        np.stack(vectors), encode_items([{"text": t} for t in texts]), atol=1e-5
     )
+
+    async def lone() -> float:
+        async with BatchingEncoder(session, max_batch=16, max_wait_ms=80) as batcher:
+            started = time.perf_counter()
+            await batcher.encode_one("a lone request")
+            return time.perf_counter() - started
+
+    sizes.clear()
+    waited = asyncio.run(lone())
+    assert sizes == [1] and 0.08 <= waited < 2.0  # it waits max_wait for company, then runs
 
 
 def test_missing_pretrained_package_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -227,3 +250,23 @@ def test_cli_export_and_encode(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     assert records[0].source_ts == 5 and records[0].category == "food"
     assert records[2].encoder_version == "precomputed"
     np.testing.assert_allclose(records[2].array(), [0.6, 0.8], atol=1e-6)
+
+
+def test_the_run_time_path_never_imports_torch(tiny: tuple[Path, Path]) -> None:
+    _, model_dir = tiny
+    script = f"""
+import sys
+from pathlib import Path
+import serving.app, serving.readmodels, streams.encoder_worker, streams.interests_worker
+from encoders.models import ensure_exported
+from encoders.session import EncoderSession
+ensure_exported(Path({str(model_dir)!r}))  # an intact export is used as it is
+session = EncoderSession(Path({str(model_dir)!r}))
+assert session.encode_text(["a lamp", "a chair"]).shape == (2, session.dim)
+heavy = sorted(m for m in ("torch", "transformers", "sentence_transformers") if m in sys.modules)
+print("heavy:", heavy)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert "heavy: []" in out.stdout, out.stdout + out.stderr
