@@ -112,17 +112,17 @@ class Children:
         self.procs.clear()
 
 
-def _wait_http(url: str, timeout_s: float, children: Children) -> bool:
+def _wait_http(url: str, timeout_s: float, children: Children, stop: threading.Event) -> bool:
     import httpx
 
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stop.is_set():
         if children.dead():
             return False
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=1.0).status_code == 200:
                 return True
-        time.sleep(0.3)
+        stop.wait(0.3)
     return False
 
 
@@ -190,16 +190,24 @@ def run_demo(
         warm = shift_to_now(data.engagements[:n_warm], int(time.time() * 1000))
         rest = data.engagements[n_warm:]
         echo(f"sample data: {data.name}, {len(data.items)} items, {len(data.engagements)} events")
+        # Ctrl-C only sets ``stop``: every phase below checks it, so it takes effect at once.
         with Publisher(settings) as pub:
             for item in tqdm(data.items, desc="items", unit="item", disable=not progress):
+                if stop.is_set():
+                    break
                 pub.publish(item)
             pub.flush()
             for chunk in tqdm(
                 range(0, len(warm), 1000), desc="engagements", unit="k ev", disable=not progress
             ):
+                if stop.is_set():
+                    break
                 pub.publish_many(warm[chunk : chunk + 1000])
         url = f"http://{host}:{port}/"
-        if not _wait_http(url + "healthz", 60, children):
+        if not _wait_http(url + "healthz", 60, children, stop):
+            if stop.is_set():
+                echo("interrupted while starting")
+                return 0
             echo(f"the API did not come up; see {out / 'logs'}")
             return 1
         echo(f"dashboard: {url}   (API docs: {url}docs; Ctrl-C to stop)")

@@ -181,6 +181,15 @@ def test_api_keys_guard_everything_but_health(
         )
         ok = client.get("/users/u1/recommendations", headers={"X-API-Key": "k2"})
         assert ok.status_code == 200
+        for method, path in [
+            ("GET", "/users/u1/interests"),
+            ("GET", "/users"),
+            ("GET", "/items/i1"),
+            ("GET", "/items/i1/similar"),
+            ("POST", "/events"),
+        ]:
+            r = client.request(method, path, json=[] if method == "POST" else None)
+            assert r.status_code == 401 and _problem(r), (method, path)
 
 
 _ID_CHARS = string.ascii_letters + string.digits + " -_.%\t\x00\u00e9\u4e2d/?#"
@@ -243,3 +252,40 @@ def test_any_posted_json_gets_202_or_a_4xx_never_a_5xx(api: TestClient, payload:
     assert r.status_code in (202, 413, 422), r.text
     if r.status_code != 202:
         _problem(r)
+
+
+_ANY_VALUE = st.one_of(
+    st.integers(-(10**7), 10**7),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.text(_ID_CHARS, max_size=30),
+)
+_PARAMS = ["k", "explain", "exclude_seen", "sample", "category", "points", "max_points", "limit"]
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    path=st.sampled_from(
+        [
+            "/users/{id}/recommendations",
+            "/users/{id}/interests",
+            "/items/{id}",
+            "/items/{id}/similar",
+            "/users",
+        ]
+    ),
+    ident=st.one_of(st.sampled_from(["u1", "u3", "i1", "i7"]), st.text(_ID_CHARS, max_size=300)),
+    params=st.dictionaries(st.sampled_from(_PARAMS), _ANY_VALUE, max_size=4),
+)
+def test_every_get_endpoint_answers_or_gets_a_4xx_never_a_5xx(
+    api: TestClient, path: str, ident: str, params: dict[str, object]
+) -> None:
+    url = path.replace("{id}", quote(ident, safe=""))
+    r = api.get(url, params={name: str(value) for name, value in params.items()})
+    assert r.status_code < 500, (url, params, r.text)
+    if r.status_code >= 400:
+        _problem(r)
+    else:
+        assert r.headers["content-type"].startswith("application/json")

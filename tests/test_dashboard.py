@@ -18,7 +18,8 @@ import pytest
 
 from serving.app import create_app
 from streams.broker import EmbeddedBroker, free_port
-from tests._serving import make_world, publish_items, publish_users, read_models
+from streams.settings import KafkaSettings
+from tests._serving import World, engage, make_world, publish_items, publish_users, read_models
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(
@@ -35,7 +36,9 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture
-def server(fresh_broker: EmbeddedBroker, tmp_path: Path) -> Iterator[tuple[str, str]]:
+def server(
+    fresh_broker: EmbeddedBroker, tmp_path: Path
+) -> Iterator[tuple[str, str, World, KafkaSettings]]:
     import uvicorn
 
     settings = fresh_broker.settings()
@@ -55,16 +58,16 @@ def server(fresh_broker: EmbeddedBroker, tmp_path: Path) -> Iterator[tuple[str, 
         assert time.monotonic() < deadline, "server did not start"
         time.sleep(0.05)
     user = max(world.states, key=lambda u: world.states[u].n_clusters)
-    yield f"http://127.0.0.1:{port}", user
+    yield f"http://127.0.0.1:{port}", user, world, settings
     srv.should_exit = True
     thread.join(timeout=15)
 
 
-def test_dashboard_shows_clusters_projection_and_recommendations(
-    server: tuple[str, str], tmp_path: Path
+def test_dashboard_shows_clusters_projection_and_recommendations_live(
+    server: tuple[str, str, World, KafkaSettings], tmp_path: Path
 ) -> None:
     playwright = pytest.importorskip("playwright.sync_api")
-    base, user = server
+    base, user, world, settings = server
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -104,6 +107,25 @@ def test_dashboard_shows_clusters_projection_and_recommendations(
             if keep := os.environ.get("RECSTREAM_SCREENSHOT_TO"):
                 Path(keep).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(shot, keep)
+
+            # The user takes up an interest they never had: the page follows by itself.
+            seen_topics = {world.topic_of(i) for i in world.states[user].seen_items}
+            fresh_topic = next(t for t in range(24) if t not in seen_topics)
+            new_items = [i for i in world.vectors if world.topic_of(i) == fresh_topic][:6]
+            engage(world, user, new_items, ts=world.states[user].last_ts + 1000)
+            publish_users(settings, world, [user])
+            page.wait_for_function(
+                """(items) => [...document.querySelectorAll('#clusters li.cluster')]
+                    .some(e => items.includes(e.dataset.medoid))""",
+                arg=new_items,
+                timeout=10_000,
+            )
+            page.wait_for_function(
+                """(items) => [...document.querySelectorAll('#recs .rec-group')]
+                    .some(e => items.includes(e.dataset.medoid))""",
+                arg=new_items,
+                timeout=10_000,
+            )
             assert not errors, errors
         finally:
             browser.close()
