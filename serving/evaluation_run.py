@@ -360,9 +360,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"{c['cold_start_skipped']:,} skipped as cold start (no earlier positive), "
         f"{c['repeat_skipped']:,} skipped as repeats of an already-engaged item. "
         "Fallbacks = test events a method could not answer (no state) and that got the "
-        "popularity list. Coverage intervals sit below the point value: a bootstrap resample "
-        "holds only ~63% of the distinct users, so it covers fewer items; compare coverage "
-        "between methods by the point values.",
+        "popularity list. Coverage counts distinct items, so a bootstrap resample (~63% of "
+        "the distinct users) covers fewer of them: its interval is the resamples' spread "
+        "placed around the point value.",
         "",
     ]
     return "\n".join(lines)

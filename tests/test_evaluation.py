@@ -184,6 +184,8 @@ def test_metrics_match_their_definitions() -> None:
     assert m["hit_rate_at_k"].value == pytest.approx(1.0)  # both users have a hit
     # Top-2 lists are items (i, i+1) for event i: items 0..4 -> 5 of 10.
     assert m["coverage_at_k"].value == pytest.approx(0.5)
+    for metric in ("recall_at_k", "ndcg_at_k", "hit_rate_at_k", "coverage_at_k"):
+        assert m[metric].lo <= m[metric].value <= m[metric].hi, metric
     assert per["n"]["recall_at_k"].value == 0.0
     assert diffs["m - n"]["recall_at_k"].lo > 0.0  # m beats n on every resample
     assert recall_curve(result, "m") == [0.25, 0.5, 0.75]
@@ -259,3 +261,12 @@ def test_through_kafka_gives_the_same_numbers_as_the_in_process_engine() -> None
         np.testing.assert_array_equal(through_kafka.top[name], in_process.top[name], err_msg=name)
     assert kafka_report["methods"] == report["methods"]
     assert kafka_report["settings"]["through_kafka"] is True
+
+
+def test_coverage_intervals_hold_the_point_value() -> None:
+    # 10 users, one event each, each the only one to see one of the 10 items: a resample
+    # (about 63% of the distinct users) nearly always covers fewer items than all users do.
+    result = _result({"m": [1] * 10}, users=list(range(10)), top_k=1)
+    cov = metrics(result, 1, bootstrap=300)[0]["m"]["coverage_at_k"]
+    assert cov.value == pytest.approx(1.0)
+    assert cov.lo <= cov.value <= cov.hi
