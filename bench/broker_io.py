@@ -56,8 +56,11 @@ def main() -> None:
         progress("consuming with ValidatingConsumer")
         t0 = time.perf_counter()
         got = 0
+        deadline = time.monotonic() + 600
         with ValidatingConsumer(settings, [ENGAGEMENTS.name], rejected_by="bench") as consumer:
             while got < n:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"consumed only {got} of {n} events in 600 s")
                 got += len(consumer.poll(timeout_ms=1000))
         consume_s = time.perf_counter() - t0
 
@@ -66,6 +69,7 @@ def main() -> None:
         raw_got = sum(1 for _ in read_topic(settings, "items", idle_timeout_s=3.0))
         raw_consume_s = time.perf_counter() - t0
         assert raw_got == n, raw_got
+        broker_rss = broker.peak_rss_mb()
 
     emit(
         {
@@ -78,7 +82,8 @@ def main() -> None:
             "raw_consume_eps": round(n / raw_consume_s),
             "ratio_publish_vs_raw": round(raw_publish_s / publish_s, 3),
             "ratio_consume_vs_raw": round(raw_consume_s / consume_s, 3),
-            "peak_rss_mb": peak_rss_mb(),
+            "peak_rss_mb": peak_rss_mb(),  # this client process
+            "broker_peak_rss_mb": broker_rss,  # the embedded broker (memory storage)
         }
     )
 

@@ -121,8 +121,8 @@ def main() -> None:
         got = [[h.item_id for h in index.knn(q, K)] for q in queries]
         sweep[ef] = round(recall_at_k(got, truth), 4)
         progress(f"ef={ef}: recall@{K} {sweep[ef]}")
+        chosen_ef, chosen_recall = ef, sweep[ef]  # the last tried, if none reaches the target
         if sweep[ef] >= TARGET_RECALL:
-            chosen_ef, chosen_recall = ef, sweep[ef]
             break
     index.ef = chosen_ef
     index.num_threads = 1  # serving: concurrency comes from the callers' threads

@@ -160,6 +160,19 @@ class EmbeddedBroker:
                 os.close(self._log_file)
             self._log_file = None
 
+    def peak_rss_mb(self) -> float | None:
+        """The broker process's peak resident memory (Linux ``VmHWM``), None if unknown."""
+        if self._proc is None:
+            return None
+        try:
+            with open(f"/proc/{self._proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return round(int(line.split()[1]) / 1024.0, 1)
+        except OSError:
+            pass
+        return None
+
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from streams.broker import EmbeddedBroker
 from streams.consumer import ValidatingConsumer
 from streams.deadletters import parse_dead_letter
 from streams.generate import generate, write
-from streams.publish import Publisher
+from streams.publish import Publisher, PublishError
 from streams.replay import LoggedRecord, read_log, read_topic, record, replay
 from streams.schemas import Engagement, UserDeleted
 from streams.settings import KafkaSettings
-from streams.topics import DEAD_LETTERS, ENGAGEMENTS, ensure_topics
+from streams.topics import ALL_TOPICS, DEAD_LETTERS, ENGAGEMENTS, ensure_topics
 
 
 def consume_all(settings: KafkaSettings, topic: str) -> list[LoggedRecord]:
@@ -167,3 +170,119 @@ def test_cli_publish_and_record_round_trip(fresh_broker: EmbeddedBroker, tmp_pat
         check=True,
     )
     assert len(read_log(out)) == 100
+
+
+def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "serving.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_generate_publish_from_stdin_to_a_topic_and_replay_into_a_fresh_broker(
+    tmp_path: Path,
+) -> None:
+    gen = tmp_path / "gen"
+    res = _cli("generate", "--out", str(gen), "--users", "8", "--items", "30", "--events", "120")
+    assert res.returncode == 0, res.stderr
+    same = write(generate(8, 30, 120, seed=0), tmp_path / "lib")
+    for name in ("items.jsonl", "engagements.jsonl", "truth.json"):
+        assert (gen / name).read_bytes() == same[name.split(".")[0]].read_bytes()
+    items = (gen / "items.jsonl").read_text()
+    engagements = gen / "engagements.jsonl"
+    half_bad = tmp_path / "half-bad.jsonl"
+    half_bad.write_text(items.splitlines()[0] + "\n" + '{"type":"item","v":1}\n')
+    log = tmp_path / "log.jsonl"
+
+    with EmbeddedBroker() as first:
+        bs = ["--bootstrap-servers", first.bootstrap_servers, "-q"]
+        res = _cli("publish", "--topic", "items", "-", *bs, stdin=items)
+        assert res.returncode == 0 and "published 30 events" in res.stderr, res.stderr
+        # Events that do not belong on --topic, and a file with a bad line: nothing is sent.
+        res = _cli("publish", "--topic", "items", str(engagements), *bs)
+        assert res.returncode == 2
+        assert "line 1: event type 'engagement' does not belong on topic 'items'" in res.stderr
+        res = _cli("publish", str(half_bad), *bs)
+        assert res.returncode == 2 and "line 2: missing field 'item_id'" in res.stderr
+        res = _cli("publish", "--topic", "nope", str(engagements), *bs)
+        assert res.returncode == 2 and "unknown topic 'nope'" in res.stderr
+        assert len(consume_all(first.settings(), "items")) == 30
+        assert consume_all(first.settings(), ENGAGEMENTS.name) == []
+
+        assert _cli("publish", str(engagements), *bs).returncode == 0
+        args = ["--topic", ENGAGEMENTS.name, "--out", str(log), "--from-beginning"]
+        res = _cli("record", *args, "--timeout-s", "1", *bs)
+        assert res.returncode == 0, res.stderr
+    assert len(read_log(log)) == 120
+
+    with EmbeddedBroker() as second:
+        bs = ["--bootstrap-servers", second.bootstrap_servers, "-q"]
+        res = _cli("replay", str(log), "--speed", "2", "--max-speed", *bs)
+        assert res.returncode == 2 and "exclude each other" in res.stderr
+        res = _cli("replay", str(log), "--max-speed", *bs)
+        assert res.returncode == 0 and "replayed 120 records" in res.stderr, res.stderr
+        replayed = consume_all(second.settings(), ENGAGEMENTS.name)
+
+    def per_key(records: list[LoggedRecord]) -> dict[bytes | None, list[bytes | None]]:
+        out: dict[bytes | None, list[bytes | None]] = {}
+        for rec in sorted(records, key=lambda r: (r.partition, r.offset)):
+            out.setdefault(rec.key, []).append(rec.value)
+        return out
+
+    assert per_key(replayed) == per_key(read_log(log))
+
+
+def test_topics_are_created_once_with_their_partitions(fresh_broker: EmbeddedBroker) -> None:
+    from kafka import KafkaConsumer
+
+    settings = fresh_broker.settings()
+    assert ensure_topics(settings) == []  # the fixture created them: nothing to do again
+    res = _cli("topics", "--bootstrap-servers", fresh_broker.bootstrap_servers)
+    assert res.returncode == 0 and res.stdout.count("[exists]") == len(ALL_TOPICS), res.stdout
+    consumer = KafkaConsumer(**settings.kafka_python())
+    try:
+        for spec in ALL_TOPICS:
+            assert len(consumer.partitions_for_topic(spec.name) or ()) == spec.partitions
+    finally:
+        consumer.close()
+    assert [t.name for t in ALL_TOPICS if t.compacted] == ["item-embeddings", "user-interests"]
+
+
+def test_kafka_security_comes_from_the_environment_and_stays_out_of_logs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RECSTREAM_BOOTSTRAP_SERVERS", "k1:9093,k2:9093")
+    monkeypatch.setenv("RECSTREAM_KAFKA_SECURITY_PROTOCOL", "sasl_ssl")
+    monkeypatch.setenv("RECSTREAM_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("RECSTREAM_KAFKA_SASL_USERNAME", "svc")
+    monkeypatch.setenv("RECSTREAM_KAFKA_SASL_PASSWORD", "s3cret-pw")
+    settings = KafkaSettings.from_env()
+    assert settings.servers == ["k1:9093", "k2:9093"]
+    kw = settings.kafka_python()
+    assert kw["security_protocol"] == "SASL_SSL" and kw["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert kw["sasl_plain_username"] == "svc" and kw["sasl_plain_password"] == "s3cret-pw"
+    assert "s3cret-pw" not in repr(settings) and "s3cret-pw" not in str(settings)
+    assert KafkaSettings.from_env("flag:9092").servers == ["flag:9092"]  # the flag wins
+    monkeypatch.delenv("RECSTREAM_KAFKA_SASL_PASSWORD")
+    with pytest.raises(ValueError, match="SASL needs"):
+        KafkaSettings.from_env()
+    monkeypatch.setenv("RECSTREAM_KAFKA_SECURITY_PROTOCOL", "carrier-pigeon")
+    with pytest.raises(ValueError, match="unknown Kafka security protocol"):
+        KafkaSettings.from_env()
+
+
+def test_a_send_the_broker_never_confirms_fails_the_flush(fresh_broker: EmbeddedBroker) -> None:
+    pub = Publisher(fresh_broker.settings(), request_timeout_ms=2000, delivery_timeout_ms=3000)
+    try:
+        pub.send(ENGAGEMENTS.name, b"{}", key=b"u1")
+        pub.flush()
+        fresh_broker.stop()  # the broker goes away with a send in flight
+        pub.send(ENGAGEMENTS.name, b"{}", key=b"u1")
+        with pytest.raises(PublishError, match="not delivered"):
+            pub.flush(timeout_s=20)
+    finally:
+        with contextlib.suppress(Exception):
+            pub._producer.close(timeout=1)
