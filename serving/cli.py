@@ -314,7 +314,7 @@ def worker_interests(
         float | None, typer.Option(min=0.0, help="Engine: importance decay lambda (0.01).")
     ] = None,
     recluster_every: Annotated[
-        int | None, typer.Option(min=0, help="Engine: full Ward recluster every N (200; 0=never).")
+        int | None, typer.Option(min=0, help="Engine: full Ward recluster every N (500; 0=never).")
     ] = None,
     bootstrap_servers: Bootstrap = None,
     loglevel: Annotated[str, typer.Option(help="crit, error, warn, info or debug")] = "warn",
