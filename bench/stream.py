@@ -95,14 +95,19 @@ def make_events(n: int, users: int, items: int, start_ts: int, seed: int) -> lis
     ]
 
 
-def applied_events(port: int) -> float:
+def worker_metric(port: int, prefix: str) -> float:
+    """Sum of the worker's Prometheus samples whose line starts with ``prefix``."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
         text = resp.read().decode()
     total = 0.0
     for line in text.splitlines():
-        if line.startswith("recstream_interest_events_total{"):
+        if line.startswith(prefix):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def applied_events(port: int) -> float:
+    return worker_metric(port, "recstream_interest_events_total{")
 
 
 def measure_freshness(
@@ -240,10 +245,13 @@ def main() -> None:
                     break
                 if worker.poll() is not None:
                     raise RuntimeError(f"worker exited; see {tmp / 'worker.log'}")
-                time.sleep(0.02)
+                # Each scrape costs the worker a few ms of its GIL: poll gently.
+                time.sleep(0.2)
             if not t_last:
                 raise RuntimeError("worker did not finish in time")
             worker_s = t_last - t_first
+            batches = worker_metric(port, "recstream_interest_batch_events_count ")
+            mean_batch = worker_metric(port, "recstream_interest_batch_events_sum ") / batches
             progress(f"freshness at 1000 events/s for {fresh_s:.0f} s")
             latencies = measure_freshness(settings, 1000.0, fresh_s, users, items)
         finally:
@@ -260,6 +268,7 @@ def main() -> None:
             "freshness_p50_ms": percentile_ms(latencies, 50),
             "freshness_p99_ms": percentile_ms(latencies, 99),
             "freshness_samples": len(latencies),
+            "worker_mean_batch": round(mean_batch, 1),
             "users": users,
             "dim": DIM,
         }

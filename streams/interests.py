@@ -29,7 +29,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
@@ -130,6 +130,15 @@ class Interest:
     last_ts: int
     centroid: np.ndarray = field(repr=False, compare=False)
     medoid_vector: np.ndarray = field(repr=False, compare=False)
+
+
+class InterestSummary(NamedTuple):
+    """An interest without its vectors: what the interests worker publishes."""
+
+    medoid: str
+    importance: float
+    size: int
+    members: tuple[str, ...]
 
 
 def unit(vector: np.ndarray) -> np.ndarray:
@@ -545,6 +554,30 @@ class InterestClusters:
         order = np.argsort(-imp, kind="stable")[:k]
         members = self._members_by_cluster()
         return [self._interest(int(j), imp[j], members[j]) for j in order]
+
+    def summaries(self, k: int, now_ms: int, members: int = 5) -> list[InterestSummary]:
+        """What ``top_medoids`` says of the ``k`` most important interests, without vectors:
+        medoid, importance, size and the ``members`` most recent distinct items (the
+        worker publishes this for every change, so it skips the copies and full sorts)."""
+        if k <= 0 or self._n == 0:
+            return []
+        imp = self._importances(now_ms)
+        order = np.argsort(-imp, kind="stable")[:k]
+        by_cluster = self._members_by_cluster()
+        out = []
+        for j in order.tolist():
+            m = by_cluster[j]
+            medoid = self._medoid_cache.get(j)
+            if medoid is None:
+                medoid = self._items[self._medoid_slot(j, m)]
+            assert medoid is not None
+            recent: dict[str, None] = {}
+            for slot in m[np.lexsort((-self._seq[m], -self._ts[m]))].tolist():
+                recent[self._items[slot] or ""] = None
+                if len(recent) == members:
+                    break
+            out.append(InterestSummary(medoid, float(imp[j]), len(m), tuple(recent)))
+        return out
 
     def sample_medoids(self, k: int, now_ms: int, rng: np.random.Generator) -> list[Interest]:
         """``k`` interests drawn without replacement, proportionally to importance."""

@@ -34,6 +34,7 @@ import shutil
 import struct
 import time
 import weakref
+from collections import Counter as Tally
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -238,14 +239,24 @@ class ItemFeed:
         self.arrived.extend(r.item_id for r in puts)
 
 
-def _delivery_tracked_table(unconfirmed: list[Any]) -> type:
-    """A faust Table class that appends each changelog record's future to ``unconfirmed``."""
+END_MARKER_KEY = "\x00recstream:end-of-batch"
+"""Key of the tombstone that closes a batch on each written changelog partition (no user id
+can be it: ids are validated printable strings)."""
+
+
+def _delivery_tracked_table(unconfirmed: list[Any], touched: set[tuple[Any, int]]) -> type:
+    """A faust Table class that appends each changelog record's future to ``unconfirmed`` and
+    each written (table, changelog partition) to ``touched``."""
     import faust
 
     class DeliveryTrackedTable(faust.Table):
-        def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
-            fut = super().send_changelog(*args, **kwargs)
+        def send_changelog(
+            self, partition: int | None, key: Any, value: Any, *args: Any, **kwargs: Any
+        ) -> Any:
+            fut = super().send_changelog(partition, key, value, *args, **kwargs)
             unconfirmed.append(fut)
+            if partition is not None:
+                touched.add((self, partition))
             return fut
 
     return DeliveryTrackedTable
@@ -278,9 +289,8 @@ class InterestsWorker:
         self._forget_local_tables_after_crash()
         # Changelog and output records of the current batch, not yet confirmed by the broker.
         self._unconfirmed: list[Any] = []
-        one_record_batches: dict[str, Any] = (
-            {"producer_max_batch_size": 1} if settings.one_record_batches else {}
-        )
+        # (table, changelog partition) written in the current batch, for the end markers.
+        self._touched: set[tuple[Any, int]] = set()
         self.app = faust.App(
             cfg.app_id,
             broker=settings.faust_broker(),
@@ -295,13 +305,16 @@ class InterestsWorker:
             consumer_auto_offset_reset="earliest",
             table_standby_replicas=0,
             producer_linger_ms=5,
+            # A user-interests record with its state is ~2 KB: at aiokafka's 16 KB a partition's
+            # batch fills after a few users and each further send waits for a round trip.
+            producer_max_batch_size=512 * 1024,
             # Big polls while catching up make big per-user batches: one state write per user.
             broker_max_poll_records=cfg.batch_size,
-            # See KafkaSettings.one_record_batches: exact end offsets for changelog recovery.
-            **one_record_batches,
             web_enabled=False,
             stream_wait_empty=False,
-            Table=_delivery_tracked_table(self._unconfirmed),
+            # Room for whole batches in the stream buffer (faust's 4096 cut them to ~800).
+            stream_buffer_maxsize=max(4096, 2 * cfg.batch_size),
+            Table=_delivery_tracked_table(self._unconfirmed, self._touched),
         )
         raw: dict[str, Any] = {
             "key_type": bytes,
@@ -391,6 +404,18 @@ class InterestsWorker:
         self._unconfirmed.clear()
         if pending:
             await asyncio.gather(*pending)
+        touched = sorted(self._touched, key=lambda tp: (tp[0].name, tp[1]))
+        self._touched.clear()
+        if touched and self.settings.one_record_batches:
+            # Each written changelog partition now ends on a one-record batch (see
+            # KafkaSettings.one_record_batches): a tombstone for a key no table holds.
+            markers = [
+                table.send_changelog(p, END_MARKER_KEY, None, value_serializer="raw")
+                for table, p in touched
+            ]
+            self._unconfirmed.clear()  # the markers themselves: awaited right here
+            self._touched.clear()
+            await asyncio.gather(*markers)
 
     async def _housekeeping(self) -> None:
         await self._republish_arrived()
@@ -444,6 +469,7 @@ class InterestsWorker:
         deleted_user = False
         changed = False
         redelivered = False
+        outcomes: Tally[str] = Tally()
         for event, ev in events:
             position = (event.message.partition, event.message.offset)
             if (
@@ -454,20 +480,20 @@ class InterestsWorker:
                 # A redelivery after a crash: the stored state already holds this event. Event
                 # ids alone would not do: the engine remembers only its latest few hundred.
                 redelivered = True
-                self.metrics.events.labels("duplicate").inc()
+                outcomes["duplicate"] += 1
                 continue
             applied_at = position
             if isinstance(ev, UserDeleted):
                 state.forget()
                 parked.clear()
                 deleted_user, changed = True, True
-                self.metrics.events.labels("user_deleted").inc()
+                outcomes["user_deleted"] += 1
                 continue
             deleted_user = False
             if is_resent(event.message.headers) and ev.event_id not in parked:
                 # A parked event re-sent on its item's arrival that is no longer parked: it was
                 # applied already (re-sent twice around a crash). Event ids alone would not do.
-                self.metrics.events.labels("duplicate").inc()
+                outcomes["duplicate"] += 1
                 continue
             vec = vectors.get(ev.item_id)
             if vec is None:
@@ -481,7 +507,7 @@ class InterestsWorker:
                 # Park and index with no await in between (the feed task runs at awaits).
                 parked[ev.event_id] = ev.to_json().decode()
                 self._index_parked(ev.item_id, user_id)
-                self.metrics.events.labels("parked").inc()
+                outcomes["parked"] += 1
                 if len(parked) > self.config.max_parked_per_user:
                     raw = parked.pop(next(iter(parked))).encode()
                     await self._dead_letter(
@@ -495,9 +521,11 @@ class InterestsWorker:
                 continue
             if state.learn_one(ev, vec):
                 changed = True
-                self.metrics.events.labels("applied").inc()
+                outcomes["applied"] += 1
             else:
-                self.metrics.events.labels("duplicate").inc()
+                outcomes["duplicate"] += 1
+        for outcome, n in outcomes.items():
+            self.metrics.events.labels(outcome).inc(n)
         # Lazy deletes: items deleted since this user's state last saw them.
         if self.feed.deleted:
             for item_id in [i for i in state.seen_items if i in self.feed.deleted]:
@@ -520,16 +548,14 @@ class InterestsWorker:
             self._positions.pop(user_id, None)
             self._cache.pop(user_id, None)
             self._unconfirmed.append(
-                await self.user_interests.send(key=user_id.encode(), value=None)
+                self.user_interests.send_soon(key=user_id.encode(), value=None)
             )
             return
         blob = state.to_bytes()
         self.states[user_id] = _POSITION.pack(*applied_at) + blob  # type: ignore[misc]
-        self._unconfirmed.append(
-            await self.user_interests.send(
-                key=user_id.encode(), value=self.interests_record(user_id, state, blob).to_json()
-            )
-        )
+        value = self.interests_record(user_id, state, blob).to_json()
+        # send_soon: queued, not awaited one by one; the batch confirms them all together.
+        self._unconfirmed.append(self.user_interests.send_soon(key=user_id.encode(), value=value))
 
     def interests_record(
         self, user_id: str, state: InterestClusters, blob: bytes | None = None
@@ -537,15 +563,14 @@ class InterestsWorker:
         import base64
 
         now = state.last_ts
-        top = state.top_medoids(self.config.published_interests, now)
+        top = state.summaries(
+            self.config.published_interests, now, members=self.config.published_members
+        )
         return UserInterests(
             user_id=user_id,
             interests=[
                 InterestSummary(
-                    medoid=i.medoid,
-                    importance=float(i.importance),
-                    size=int(i.size),
-                    members=list(i.members[: self.config.published_members]),
+                    medoid=i.medoid, importance=i.importance, size=i.size, members=list(i.members)
                 )
                 for i in top
             ],

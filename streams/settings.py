@@ -14,13 +14,15 @@ only from the environment:
 ``RECSTREAM_KAFKA_REBALANCE_TIMEOUT_MS``  rebalance timeout (30000); group joins wait about
                                        half of it on small brokers, so the embedded default
                                        uses 6000
-``RECSTREAM_KAFKA_ONE_RECORD_BATCHES``  1 = the interests worker produces one record per
-                                       batch. The embedded broker (tansu 0.1.x) reports a
-                                       partition's end offset as the last *batch*'s base
-                                       offset + 1, so faust's changelog recovery (which
-                                       reads up to that end) would miss the tail of the
-                                       last batch; one-record batches keep it exact.
-                                       Unneeded (and slower) on Apache Kafka.
+``RECSTREAM_KAFKA_ONE_RECORD_BATCHES``  1 = every changelog partition the interests worker
+                                       wrote in a batch ends on a one-record batch (a
+                                       tombstone for a key no table holds). The embedded
+                                       broker (tansu 0.1.x) reports a partition's end
+                                       offset as the last *batch*'s base offset + 1, so
+                                       faust's changelog recovery (which reads up to that
+                                       end) would miss the tail of the last batch; the
+                                       closing record keeps it exact. Unneeded on Apache
+                                       Kafka.
 ``RECSTREAM_KAFKA_FETCH_MAX_WAIT_MS``   longest a consumer's fetch waits for data (500).
                                        Apache Kafka answers a fetch as soon as data
                                        arrives; the embedded broker answers a fetch over

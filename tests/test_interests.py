@@ -115,6 +115,15 @@ def test_top_medoids_are_members_ranked_by_decayed_importance(generated) -> None
         assert np.allclose(interest.medoid_vector, vectors[interest.medoid], atol=1e-6)
 
 
+def test_summaries_say_what_top_medoids_say(generated) -> None:  # type: ignore[no-untyped-def]
+    data, vectors = generated
+    for state in run_users(data, vectors, InterestConfig()).values():
+        now = state.last_ts + DAY_MS
+        assert state.summaries(10, now, members=5) == [
+            (i.medoid, i.importance, i.size, i.members[:5]) for i in state.top_medoids(10, now)
+        ]
+
+
 def test_importance_is_the_decayed_sum_of_action_weights() -> None:
     config = InterestConfig(decay_per_day=0.1, action_weights={"view": 1.0, "save": 4.0})
     state = InterestClusters(config)
