@@ -119,7 +119,7 @@ def engage(world: World, user_id: str, item_ids: Iterable[str], ts: int) -> list
 
 
 def read_models(settings: KafkaSettings, data_dir: Path, **config: object) -> ReadModels:
-    cfg = ReadModelConfig(data_dir=data_dir, snapshot_every_s=0, **config)  # type: ignore[arg-type]
+    cfg = ReadModelConfig(**{"data_dir": data_dir, "snapshot_every_s": 0, **config})  # type: ignore[arg-type]
     return ReadModels(settings, cfg)
 
 

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import httpx
+
 from serving.readmodels import ReadModels
-from streams.broker import EmbeddedBroker
+from stores import ItemIndex
+from streams.broker import EMBEDDED_ENV, EmbeddedBroker, free_port
 from streams.publish import Publisher
 from streams.schemas import Engagement
 from streams.topics import ENGAGEMENTS, ITEM_EMBEDDINGS, RESENT_HEADER, USER_INTERESTS
@@ -19,6 +26,7 @@ from tests._serving import (
     read_models,
     wait_until,
 )
+from tests._streaming import wait_for
 
 
 def _recommend(rm: ReadModels, user_id: str, k: int = 10) -> list[str]:
@@ -119,3 +127,59 @@ def test_restart_restores_the_snapshot_and_replays_only_the_tail(
         assert rm2.popularity.score("i5", 1) == rm2.popularity.score("i6", 1)
         assert sum(applied) == 5  # the tail only, not the 200 items and 10 users again
         assert rm2.profile("u1") is not None
+
+
+def test_a_replica_killed_after_a_periodic_snapshot_restores_it_and_replays_only_the_tail(
+    fresh_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    settings = fresh_broker.settings()
+    world = make_world(users=10, items=200, events=800)
+    publish_items(settings, world)
+    publish_users(settings, world)
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [
+            *[sys.executable, "-m", "serving.cli", "serve", "--port", str(port)],
+            *["--data-dir", str(tmp_path / "r"), "--snapshot-every-s", "0.5"],
+            *["--bootstrap-servers", fresh_broker.bootstrap_servers],
+        ],
+        env={**os.environ, **EMBEDDED_ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: _ok(f"{api}/readyz"), 60, what="ready", alive=[server])
+        wait_for(
+            lambda: ItemIndex.restore(tmp_path / "r" / "index") is not None,
+            10,
+            what="a periodic snapshot",
+        )
+        new = embedding_record("brand-new", world.vectors["i0"], "brand new thing", "fresh")
+        with Publisher(settings) as pub:
+            pub.send(ITEM_EMBEDDINGS.name, new.to_json(), key=new.key)
+        wait_for(lambda: _ok(f"{api}/items/brand-new"), 10, what="the new item served")
+    finally:
+        server.send_signal(signal.SIGKILL)
+        server.wait()
+    rm = read_models(settings, tmp_path / "r")
+    applied: list[int] = []
+    original_apply = rm.apply
+
+    def counting_apply(batch: dict) -> None:
+        applied.append(sum(len(v) for v in batch.values()))
+        original_apply(batch)
+
+    rm.apply = counting_apply  # type: ignore[method-assign]
+    with rm:
+        assert rm.wait_ready(30)
+        assert "brand-new" in rm.catalog and rm.index is not None and "brand-new" in rm.index
+        assert len(rm.catalog) == len(world.data.items) + 1
+        assert sum(applied) <= 1  # at most the record after the last snapshot, not 210 again
+
+
+def _ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
