@@ -103,15 +103,10 @@ class EncoderWorker:
             elif isinstance(ev, Item) and ev.embedding is not None:
                 vec = np.asarray(ev.embedding, dtype=np.float32)
                 if vec.shape[0] != self.encoder.dim:
-                    self._consumer.dead_letters.reject(
-                        ev.to_json(),
+                    self._reject(
+                        acc,
                         f"embedding has dim {vec.shape[0]}, the index expects {self.encoder.dim}",
-                        source_topic=acc.topic,
-                        partition=acc.partition,
-                        offset=acc.offset,
-                        key=acc.key,
                     )
-                    self.stats.dead_lettered += 1
                     continue
                 out[i] = self._record(ev, vec / np.linalg.norm(vec), "precomputed")
                 self.stats.passed_through += 1
@@ -158,17 +153,22 @@ class EncoderWorker:
         if len(failures) == len(items) > 1:
             raise RuntimeError(f"the encoder fails on every item: {failures[0][1]}")
         for i, error in failures:
-            acc = accepted[i]
-            self._consumer.dead_letters.reject(
-                acc.event.to_json(),
-                f"the encoder failed on this item: {type(error).__name__}: {error}",
-                source_topic=acc.topic,
-                partition=acc.partition,
-                offset=acc.offset,
-                key=acc.key,
+            self._reject(
+                accepted[i], f"the encoder failed on this item: {type(error).__name__}: {error}"
             )
-            self.stats.dead_lettered += 1
         return out
+
+    def _reject(self, acc: Accepted, reason: str) -> None:
+        """Send an accepted (valid) item the worker cannot embed to dead-letters."""
+        self._consumer.dead_letters.reject(
+            acc.event.to_json(),
+            reason,
+            source_topic=acc.topic,
+            partition=acc.partition,
+            offset=acc.offset,
+            key=acc.key,
+        )
+        self.stats.dead_lettered += 1
 
     def _record(self, item: Item, vec: np.ndarray, version: str) -> ItemEmbedding:
         return ItemEmbedding.from_vector(

@@ -110,14 +110,7 @@ def test_restart_restores_the_snapshot_and_replays_only_the_tail(
         p1 = Engagement(event_id="p1", user_id="zz", item_id="i5", action="view", ts=1)
         pub.send(ENGAGEMENTS.name, p1.to_json(), key=p1.key, headers=[RESENT_HEADER])
     rm2 = read_models(settings, tmp_path / "r")
-    applied: list[int] = []
-    original_apply = rm2.apply
-
-    def counting_apply(batch: dict) -> None:
-        applied.append(sum(len(v) for v in batch.values()))
-        original_apply(batch)
-
-    rm2.apply = counting_apply  # type: ignore[method-assign]
+    applied = _count_applied(rm2)
     with rm2:
         assert rm2.wait_ready(30)
         assert "brand-new" in rm2.catalog and rm2.index is not None and "brand-new" in rm2.index
@@ -163,14 +156,7 @@ def test_a_replica_killed_after_a_periodic_snapshot_restores_it_and_replays_only
         server.send_signal(signal.SIGKILL)
         server.wait()
     rm = read_models(settings, tmp_path / "r")
-    applied: list[int] = []
-    original_apply = rm.apply
-
-    def counting_apply(batch: dict) -> None:
-        applied.append(sum(len(v) for v in batch.values()))
-        original_apply(batch)
-
-    rm.apply = counting_apply  # type: ignore[method-assign]
+    applied = _count_applied(rm)
     with rm:
         assert rm.wait_ready(30)
         assert "brand-new" in rm.catalog and rm.index is not None and "brand-new" in rm.index
@@ -183,3 +169,16 @@ def _ok(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def _count_applied(rm: ReadModels) -> list[int]:
+    """Records per applied poll, from now on (the restore replays through ``apply`` too)."""
+    applied: list[int] = []
+    original_apply = rm.apply
+
+    def counting_apply(batch: dict) -> None:
+        applied.append(sum(len(v) for v in batch.values()))
+        original_apply(batch)
+
+    rm.apply = counting_apply  # type: ignore[method-assign]
+    return applied
