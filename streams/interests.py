@@ -503,7 +503,8 @@ class InterestClusters:
         """Importance of every cluster (creation order) at ``now_ms``."""
         return self._importances(now_ms)
 
-    def _medoid_slot(self, j: int, members: np.ndarray) -> int:
+    def _medoid_id(self, j: int, members: np.ndarray) -> str:
+        """Item id of cluster ``j``'s medoid (cached until the cluster changes)."""
         medoid = self._medoid_cache.get(j)
         if medoid is None:
             assert self._vec is not None
@@ -513,20 +514,30 @@ class InterestClusters:
             distinct = np.fromiter(first.values(), dtype=np.int64, count=len(first))
             medoid = list(first)[medoid_of(self._vec[distinct], list(first))]
             self._medoid_cache[j] = medoid
-        return self._items.index(medoid)
+        return medoid
+
+    def _medoid_slot(self, j: int, members: np.ndarray) -> int:
+        return self._items.index(self._medoid_id(j, members))
+
+    def _recent_items(self, members: np.ndarray, limit: int | None = None) -> tuple[str, ...]:
+        """Distinct items of ``members`` (slots), newest action first, at most ``limit``."""
+        recent: dict[str, None] = {}
+        for slot in members[np.lexsort((-self._seq[members], -self._ts[members]))].tolist():
+            recent[self._items[slot] or ""] = None
+            if len(recent) == limit:
+                break
+        return tuple(recent)
 
     def _interest(self, j: int, importance: float, members: np.ndarray) -> Interest:
         assert self._vec is not None
         slot = self._medoid_slot(j, members)
-        recent = members[np.lexsort((-self._seq[members], -self._ts[members]))]
-        distinct = tuple(dict.fromkeys(self._items[s] or "" for s in recent))
         medoid = self._items[slot]
         assert medoid is not None
         return Interest(
             medoid=medoid,
             importance=float(importance),
             size=len(members),
-            members=distinct,
+            members=self._recent_items(members),
             last_ts=int(self._ts[members].max()),
             centroid=(self._sums[j] / np.float32(self._counts[j])).copy(),
             medoid_vector=self._vec[slot].copy(),
@@ -567,16 +578,11 @@ class InterestClusters:
         out = []
         for j in order.tolist():
             m = by_cluster[j]
-            medoid = self._medoid_cache.get(j)
-            if medoid is None:
-                medoid = self._items[self._medoid_slot(j, m)]
-            assert medoid is not None
-            recent: dict[str, None] = {}
-            for slot in m[np.lexsort((-self._seq[m], -self._ts[m]))].tolist():
-                recent[self._items[slot] or ""] = None
-                if len(recent) == members:
-                    break
-            out.append(InterestSummary(medoid, float(imp[j]), len(m), tuple(recent)))
+            out.append(
+                InterestSummary(
+                    self._medoid_id(j, m), float(imp[j]), len(m), self._recent_items(m, members)
+                )
+            )
         return out
 
     def sample_medoids(self, k: int, now_ms: int, rng: np.random.Generator) -> list[Interest]:

@@ -259,6 +259,11 @@ def _delivery_tracked_table(unconfirmed: list[Any], touched: set[tuple[Any, int]
                 touched.add((self, partition))
             return fut
 
+        def send_end_marker(self, partition: int) -> Any:
+            """The closing tombstone of a batch on ``partition``: untracked, awaited by the
+            caller itself (it belongs to the batch being confirmed, not the next one)."""
+            return super().send_changelog(partition, END_MARKER_KEY, None, value_serializer="raw")
+
     return DeliveryTrackedTable
 
 
@@ -409,13 +414,7 @@ class InterestsWorker:
         if touched and self.settings.one_record_batches:
             # Each written changelog partition now ends on a one-record batch (see
             # KafkaSettings.one_record_batches): a tombstone for a key no table holds.
-            markers = [
-                table.send_changelog(p, END_MARKER_KEY, None, value_serializer="raw")
-                for table, p in touched
-            ]
-            self._unconfirmed.clear()  # the markers themselves: awaited right here
-            self._touched.clear()
-            await asyncio.gather(*markers)
+            await asyncio.gather(*(table.send_end_marker(p) for table, p in touched))
 
     async def _housekeeping(self) -> None:
         await self._republish_arrived()
