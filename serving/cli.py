@@ -264,7 +264,10 @@ def serve(
     settings = _settings(bootstrap_servers)
     ensure_topics(settings)
     models = ReadModels(
-        settings, ReadModelConfig(data_dir=data_dir, snapshot_every_s=snapshot_every_s)
+        settings,
+        ReadModelConfig(
+            data_dir=data_dir, snapshot_every_s=snapshot_every_s, freeze_gc_when_ready=True
+        ),
     )
     typer.echo(f"recstream API on http://{host}:{port}/ (docs at /docs)", err=True)
     uvicorn.run(

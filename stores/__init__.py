@@ -18,6 +18,8 @@ has the same interface (numpy matmul; exact; the recall baseline and fine for sm
   always the latter. ``Neighbor(item_id, score)`` with score = cosine similarity. Items in
   `exclude` or rejected by ``filter(item_id) -> bool`` are skipped and k hits still come
   back when k valid items exist. A per-call `ef` is a slow path (sweeps, tests).
+  ``knn_pairs(queries, k, ...)`` is ``knn_batch`` with plain ``(item_id, score)`` tuples
+  (no ``Neighbor`` built per hit: for hot paths).
 - ``len(index)``, ``item_id in index``, ``ids()``, ``vector(item_id)``, ``version`` (bumped
   by every write: key caches with it), ``dim``; ItemIndex also ``ef`` (settable),
   ``num_threads`` (settable), ``capacity``, ``copies``, ``M``, ``ef_construction``, ``nbytes()``.

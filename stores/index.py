@@ -76,9 +76,14 @@ class Neighbor(NamedTuple):
     score: float
 
 
-def _neighbor(item_id: str, score: float) -> Neighbor:
+Pair = tuple[str, float]
+"""A search hit as a plain ``(item_id, score)`` tuple (what `knn_pairs` returns)."""
+
+
+def _as_neighbors(rows: list[list[Pair]]) -> list[list[Neighbor]]:
     # tuple.__new__ skips NamedTuple's Python-level __new__: ~3x faster for a hot loop.
-    return tuple.__new__(Neighbor, (item_id, score))
+    new = tuple.__new__
+    return [[new(Neighbor, h) for h in row] for row in rows]
 
 
 def normalize_rows(matrix: np.ndarray, ids: Sequence[str] | None = None) -> np.ndarray:
@@ -124,7 +129,7 @@ class _VectorIndex(ABC, Generic[S]):
     def _vector(self, state: S, item_id: str) -> np.ndarray | None: ...
 
     @abstractmethod
-    def _search(self, state: S, queries: np.ndarray, fetch: int) -> list[list[Neighbor]]:
+    def _search(self, state: S, queries: np.ndarray, fetch: int) -> list[list[Pair]]:
         """Best `fetch` live items per (unit) query row, best first."""
 
     @abstractmethod
@@ -226,6 +231,18 @@ class _VectorIndex(ABC, Generic[S]):
         filter: ItemFilter | None = None,
     ) -> list[list[Neighbor]]:
         """`knn` for each row of `queries` (n, dim); one result list per row."""
+        return _as_neighbors(self.knn_pairs(queries, k, ef=ef, exclude=exclude, filter=filter))
+
+    def knn_pairs(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        ef: int | None = None,
+        exclude: Collection[str] | None = None,
+        filter: ItemFilter | None = None,
+    ) -> list[list[Pair]]:
+        """`knn_batch` with plain ``(item_id, score)`` tuples: for hot paths (serving)."""
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self._dim:
             raise ValueError(f"queries must have shape (n, {self._dim}), got {q.shape}")
@@ -243,7 +260,7 @@ class _VectorIndex(ABC, Generic[S]):
     # ---- internals ----
     def _knn_in(
         self, state: S, q: np.ndarray, k: int, excluded: Collection[str], keep: ItemFilter | None
-    ) -> list[list[Neighbor]]:
+    ) -> list[list[Pair]]:
         live = self._count(state)
         if live == 0:
             return [[] for _ in range(q.shape[0])]
@@ -251,17 +268,13 @@ class _VectorIndex(ABC, Generic[S]):
             return self._search(state, q, min(k, live))
         # Over-fetch for what exclude/filter will drop, then widen 4x for rows still short.
         fetch = min(live, k + min(len(excluded), k) + (k if keep is not None else 0))
-        results: list[list[Neighbor]] = [[] for _ in range(q.shape[0])]
+        results: list[list[Pair]] = [[] for _ in range(q.shape[0])]
         pending = np.arange(q.shape[0])
         while pending.size:
             short = []
             hits_per_row = self._search(state, q[pending], fetch)
             for row, hits in zip(pending.tolist(), hits_per_row, strict=True):
-                valid = [
-                    h
-                    for h in hits
-                    if h.item_id not in excluded and (keep is None or keep(h.item_id))
-                ]
+                valid = [h for h in hits if h[0] not in excluded and (keep is None or keep(h[0]))]
                 if len(valid) >= k or fetch >= live:
                     results[row] = valid[:k]
                 else:
@@ -469,7 +482,7 @@ class ItemIndex(_VectorIndex[_Graph]):
             finally:
                 g.hnsw.set_ef(self._ef)
 
-    def _search(self, g: _Graph, queries: np.ndarray, fetch: int) -> list[list[Neighbor]]:
+    def _search(self, g: _Graph, queries: np.ndarray, fetch: int) -> list[list[Pair]]:
         if fetch >= _SCAN_FRACTION * len(g.label_of):
             return self._scan(g, queries, fetch)
         try:
@@ -477,10 +490,10 @@ class ItemIndex(_VectorIndex[_Graph]):
         except RuntimeError:  # hnswlib found fewer than `fetch` (sparse graph after many deletes)
             return self._scan(g, queries, fetch)
         ids = map(g.id_of.__getitem__, labels.ravel().tolist())
-        hits = list(map(_neighbor, ids, (1.0 - dists.ravel()).tolist()))
+        hits = list(zip(ids, (1.0 - dists.ravel()).tolist(), strict=True))
         return [hits[r * fetch : (r + 1) * fetch] for r in range(labels.shape[0])]
 
-    def _scan(self, g: _Graph, queries: np.ndarray, fetch: int) -> list[list[Neighbor]]:
+    def _scan(self, g: _Graph, queries: np.ndarray, fetch: int) -> list[list[Pair]]:
         """Exact top-`fetch` over every live vector, read back from hnswlib in chunks."""
         labels = np.fromiter(g.id_of, dtype=np.uint64, count=len(g.id_of))
         nq = queries.shape[0]
@@ -498,7 +511,7 @@ class ItemIndex(_VectorIndex[_Graph]):
             best_labels = np.take_along_axis(candidates, top, axis=1)
         id_of = g.id_of
         return [
-            [Neighbor(id_of[lab], s) for lab, s in zip(lrow, srow, strict=True)]
+            [(id_of[lab], s) for lab, s in zip(lrow, srow, strict=True)]
             for lrow, srow in zip(best_labels.tolist(), best_scores.tolist(), strict=True)
         ]
 
@@ -686,15 +699,15 @@ class ExactIndex(_VectorIndex[_Rows]):
         row = s.row_of.get(item_id)
         return None if row is None else s.matrix[row].copy()
 
-    def _search(self, s: _Rows, queries: np.ndarray, fetch: int) -> list[list[Neighbor]]:
+    def _search(self, s: _Rows, queries: np.ndarray, fetch: int) -> list[list[Pair]]:
         matrix, ids = s.matrix[: len(s.ids)], s.ids
-        out: list[list[Neighbor]] = []
+        out: list[list[Pair]] = []
         for start in range(0, queries.shape[0], _QUERY_CHUNK):
             scores = queries[start : start + _QUERY_CHUNK] @ matrix.T
             top = _top_columns(scores, fetch)
             top_scores = np.take_along_axis(scores, top, axis=1)
             for rows, srow in zip(top.tolist(), top_scores.tolist(), strict=True):
-                out.append([Neighbor(ids[r], sc) for r, sc in zip(rows, srow, strict=True)])
+                out.append([(ids[r], sc) for r, sc in zip(rows, srow, strict=True)])
         return out
 
     def _apply_upsert(self, ids: list[str], vectors: np.ndarray) -> None:

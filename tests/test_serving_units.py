@@ -57,7 +57,7 @@ def test_neighbor_cache_drops_entries_a_new_item_would_enter_and_keeps_others() 
     # A new item at cosine ~0.87 to m-near beats its worst hit (0.8), and is far from m-far.
     assert cache.invalidate_near(_unit(np.array([0.87, 0.5]))[None, :]) == 1
     assert cache.get("m-near", 2) is None
-    assert cache.get("m-far", 2) == [("c", 0.95), ("d", 0.9)]
+    assert cache.get("m-far", 2) == (("c", 0.95), ("d", 0.9))
 
 
 def test_neighbor_cache_refuses_a_result_computed_before_an_invalidation() -> None:
