@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
+import orjson
 from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -148,6 +149,13 @@ class UserListOut(BaseModel):
 
 
 # ---- problem details ----
+class FastJSONResponse(JSONResponse):
+    """JSON through orjson (~5x faster than the standard library's encoder; the hot path)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
     return JSONResponse(body, status_code=status, media_type="application/problem+json")
@@ -335,7 +343,7 @@ def create_app(
                 out["applied_ms"] = profile.applied_ms
                 out["freshness_ms"] = max(profile.applied_ms - profile.last_event_ts, 0)
         out["took_ms"] = round((time.perf_counter() - started) * 1000, 3)
-        return JSONResponse(out)
+        return FastJSONResponse(out)
 
     @app.get(
         "/users/{user_id}/interests",
