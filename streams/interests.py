@@ -511,8 +511,11 @@ class InterestClusters:
             first: dict[str, int] = {}
             for s in members.tolist():
                 first.setdefault(self._items[s] or "", s)
-            distinct = np.fromiter(first.values(), dtype=np.int64, count=len(first))
-            medoid = list(first)[medoid_of(self._vec[distinct], list(first))]
+            if len(first) == 1:  # one distinct item (a new interest): it is the medoid
+                medoid = next(iter(first))
+            else:
+                distinct = np.fromiter(first.values(), dtype=np.int64, count=len(first))
+                medoid = list(first)[medoid_of(self._vec[distinct], list(first))]
             self._medoid_cache[j] = medoid
         return medoid
 
@@ -569,20 +572,37 @@ class InterestClusters:
     def summaries(self, k: int, now_ms: int, members: int = 5) -> list[InterestSummary]:
         """What ``top_medoids`` says of the ``k`` most important interests, without vectors:
         medoid, importance, size and the ``members`` most recent distinct items (the
-        worker publishes this for every change, so it skips the copies and full sorts)."""
+        worker publishes this for every change: one pass over the actions, newest first,
+        instead of a sort per cluster; medoids come from the cache when unchanged)."""
         if k <= 0 or self._n == 0:
             return []
         imp = self._importances(now_ms)
-        order = np.argsort(-imp, kind="stable")[:k]
-        by_cluster = self._members_by_cluster()
+        order = np.argsort(-imp, kind="stable")[:k].tolist()
+        live = np.flatnonzero(self._ts != _NO_TS)
+        cl = self._cl[live]
+        sizes = np.bincount(cl, minlength=len(self._counts)).tolist()
+        newest = live[np.lexsort((-self._seq[live], -self._ts[live]))]
+        recent: dict[int, dict[str, None]] = {j: {} for j in order}
+        unfilled = len(order)
+        items = self._items
+        for slot, j in zip(newest.tolist(), self._cl[newest].tolist(), strict=True):
+            got = recent.get(j)
+            if got is None or len(got) >= members:
+                continue
+            got[items[slot] or ""] = None
+            if len(got) == members:
+                unfilled -= 1
+                if not unfilled:
+                    break
+        slots: np.ndarray | None = None
         out = []
-        for j in order.tolist():
-            m = by_cluster[j]
-            out.append(
-                InterestSummary(
-                    self._medoid_id(j, m), float(imp[j]), len(m), self._recent_items(m, members)
-                )
-            )
+        for j in order:
+            medoid = self._medoid_cache.get(j)
+            if medoid is None:
+                if slots is None:
+                    slots = self._live_slots()
+                medoid = self._medoid_id(j, slots[self._cl[slots] == j])
+            out.append(InterestSummary(medoid, float(imp[j]), sizes[j], tuple(recent[j])))
         return out
 
     def sample_medoids(self, k: int, now_ms: int, rng: np.random.Generator) -> list[Interest]:
