@@ -7,6 +7,8 @@
    (from its Prometheus counter).
 4. Freshness: with the worker caught up, publish engagements at a steady rate and time each
    one from publish to its ``user-interests`` record (carrying its event id) being readable.
+5. Scale-out: a second worker joins the group; once the two split the partitions, freshness at
+   1,000 events/s again (``*_2workers`` keys): what adding a worker buys.
 """
 
 from __future__ import annotations
@@ -163,6 +165,41 @@ def measure_freshness(
     return [seen[e] - sent[e] for e in sent if e in seen]
 
 
+def start_worker(bootstrap: str, data_dir: Path, port: int, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "serving.cli",
+            "worker",
+            "interests",
+            "--bootstrap-servers",
+            bootstrap,
+            "--data-dir",
+            str(data_dir),
+            "--metrics-port",
+            str(port),
+        ],
+        env={**os.environ, **EMBEDDED_ENV},
+        stdout=open(log, "wb"),  # lives with the process
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_for_split(ports: list[int], partitions: int, timeout_s: float = 120) -> None:
+    """Until every worker holds some engagement partitions and together they hold them all."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            held = [worker_metric(p, "recstream_interest_partitions ") for p in ports]
+        except OSError:
+            held = []
+        if held and min(held) > 0 and sum(held) == partitions:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"workers did not split the {partitions} partitions in {timeout_s} s")
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--bare-agent":
         bare_agent(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
@@ -210,25 +247,8 @@ def main() -> None:
 
         progress("interests worker")
         port = free_port()
-        log = open(tmp / "worker.log", "wb")  # noqa: SIM115
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "serving.cli",
-                "worker",
-                "interests",
-                "--bootstrap-servers",
-                broker.bootstrap_servers,
-                "--data-dir",
-                str(tmp / "worker"),
-                "--metrics-port",
-                str(port),
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        worker = start_worker(broker.bootstrap_servers, tmp / "worker", port, tmp / "worker.log")
+        second: subprocess.Popen | None = None
         try:
             t_first = t_last = 0.0
             deadline = time.monotonic() + 900
@@ -259,9 +279,27 @@ def main() -> None:
             light_latencies = measure_freshness(settings, light, fresh_s, users, items, seed=98)
             progress(f"freshness at 1000 events/s for {fresh_s:.0f} s")
             latencies = measure_freshness(settings, 1000.0, fresh_s, users, items)
+            progress("a second worker joins the group")
+            port2 = free_port()
+            second = start_worker(
+                broker.bootstrap_servers, tmp / "worker2", port2, tmp / "worker2.log"
+            )
+            wait_for_split([port, port2], ENGAGEMENTS.partitions)
+            # Until the new worker has restored its partitions' states from the changelog and
+            # its item feed: warm-up rounds at a light rate until they come back fresh.
+            settle_until = time.monotonic() + 180
+            for seed in range(1000, 10_000):
+                warm = measure_freshness(settings, 100.0, 2.0, users, items, seed=seed)
+                fresh = len(warm) >= 190 and percentile_ms(warm, 99) < 1000
+                if fresh or time.monotonic() > settle_until:
+                    break
+            progress(f"freshness at 1000 events/s with 2 workers for {fresh_s:.0f} s")
+            scaled = measure_freshness(settings, 1000.0, fresh_s, users, items, seed=96)
         finally:
-            worker.terminate()
-            worker.wait(timeout=30)
+            for proc in (worker, second):
+                if proc is not None:
+                    proc.terminate()
+                    proc.wait(timeout=30)
     emit(
         {
             "bench": "stream",
@@ -277,6 +315,9 @@ def main() -> None:
             "freshness_p50_ms_light": percentile_ms(light_latencies, 50),
             "freshness_p99_ms_light": percentile_ms(light_latencies, 99),
             "freshness_samples_light": len(light_latencies),
+            "freshness_p50_ms_2workers": percentile_ms(scaled, 50),
+            "freshness_p99_ms_2workers": percentile_ms(scaled, 99),
+            "freshness_samples_2workers": len(scaled),
             "worker_mean_batch": round(mean_batch, 1),
             "users": users,
             "dim": DIM,

@@ -181,6 +181,21 @@ def test_grows_by_doubling_past_the_initial_capacity(copies: int) -> None:
     assert np.mean([t == i for t, i in zip(top1, ids, strict=True)]) >= 0.99
 
 
+def test_knn_pairs_are_the_same_hits_as_plain_tuples(
+    make_index: Callable[..., AnyIndex],
+) -> None:
+    rng = np.random.default_rng(2)
+    index = make_index()
+    index.upsert([f"v{i}" for i in range(300)], unit(rng, 300))
+    queries = unit(rng, 5)
+
+    pairs = index.knn_pairs(queries, 6, exclude={"v1", "v2"})
+
+    neighbors = index.knn_batch(queries, 6, exclude={"v1", "v2"})
+    assert pairs == [[(h.item_id, h.score) for h in row] for row in neighbors]
+    assert all(type(h) is tuple for row in pairs for h in row)
+
+
 def test_exclude_and_filter_still_return_k_valid_items(
     make_index: Callable[..., AnyIndex],
 ) -> None:
