@@ -8,7 +8,9 @@
 4. Freshness: with the worker caught up, publish engagements at a steady rate and time each
    one from publish to its ``user-interests`` record (carrying its event id) being readable.
 5. Scale-out: a second worker joins the group; once the two split the partitions, freshness at
-   1,000 events/s again (``*_2workers`` keys): what adding a worker buys.
+   1,000 events/s again (``*_2workers`` keys): what adding a worker buys. It buys something
+   only with a core to spare: on a 2-core machine the two workers, the broker and the
+   publisher share the cores, and the result is worse than with one worker.
 """
 
 from __future__ import annotations
