@@ -48,12 +48,11 @@ from stores.kv import CachedItemVectors, StateDB
 from streams.interests import InterestClusters, InterestConfig
 from streams.schemas import (
     Engagement,
-    InterestSummary,
     InvalidEvent,
     ItemEmbedding,
     UserDeleted,
-    UserInterests,
     decode_for_topic,
+    user_interests_json,
 )
 from streams.settings import KafkaSettings
 from streams.topics import (
@@ -552,34 +551,24 @@ class InterestsWorker:
             return
         blob = state.to_bytes()
         self.states[user_id] = _POSITION.pack(*applied_at) + blob  # type: ignore[misc]
-        value = self.interests_record(user_id, state, blob).to_json()
+        value = self.interests_json(user_id, state, blob)
         # send_soon: queued, not awaited one by one; the batch confirms them all together.
         self._unconfirmed.append(self.user_interests.send_soon(key=user_id.encode(), value=value))
 
-    def interests_record(
-        self, user_id: str, state: InterestClusters, blob: bytes | None = None
-    ) -> UserInterests:
-        import base64
-
+    def interests_json(self, user_id: str, state: InterestClusters, blob: bytes) -> bytes:
+        """The user's ``user-interests`` record (``UserInterests`` JSON); ``blob`` is the
+        state's ``to_bytes``."""
         now = state.last_ts
-        top = state.summaries(
-            self.config.published_interests, now, members=self.config.published_members
-        )
-        return UserInterests(
+        return user_interests_json(
             user_id=user_id,
-            interests=[
-                InterestSummary(
-                    medoid=i.medoid, importance=i.importance, size=i.size, members=list(i.members)
-                )
-                for i in top
-            ],
+            interests=state.summaries(
+                self.config.published_interests, now, members=self.config.published_members
+            ),
             n_actions=state.n_actions,
             last_event_id=state.last_event_id,
             last_event_ts=now,
             updated_ms=int(time.time() * 1000),
-            state=base64.b64encode(blob or state.to_bytes()).decode()
-            if self.config.include_state
-            else None,
+            state=blob if self.config.include_state else None,
         )
 
     def _state(self, user_id: str) -> InterestClusters:

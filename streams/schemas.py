@@ -22,9 +22,11 @@ from __future__ import annotations
 import base64
 import json
 import math
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import numpy as np
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SCHEMA_VERSION = 1
@@ -210,6 +212,37 @@ class UserInterests(_Event):
     @property
     def key(self) -> bytes:
         return self.user_id.encode()
+
+
+def user_interests_json(
+    *,
+    user_id: str,
+    interests: Sequence[tuple[str, float, int, Sequence[str]]],
+    n_actions: int,
+    last_event_id: str | None,
+    last_event_ts: int,
+    updated_ms: int,
+    state: bytes | None,
+) -> bytes:
+    """``UserInterests(...).to_json()`` without building the models: the same JSON, ~10x
+    cheaper (the interests worker writes one for every update). ``interests`` are
+    (medoid, importance, size, members); ``state`` is raw bytes (base64-encoded here)."""
+    return orjson.dumps(
+        {
+            "v": 1,
+            "type": "user_interests",
+            "user_id": user_id,
+            "interests": [
+                {"medoid": m, "importance": float(imp), "size": int(size), "members": list(mem)}
+                for m, imp, size, mem in interests
+            ],
+            "n_actions": int(n_actions),
+            "last_event_id": last_event_id,
+            "last_event_ts": int(last_event_ts),
+            "updated_ms": int(updated_ms),
+            "state": None if state is None else base64.b64encode(state).decode("ascii"),
+        }
+    )
 
 
 class DeadLetter(BaseModel):

@@ -1,4 +1,6 @@
+import base64
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -77,3 +79,31 @@ def test_item_with_non_finite_or_zero_embedding_is_rejected() -> None:
     )
     assert "zeros" in reason_for(json.dumps({**base, "embedding": [0.0, 0.0]}).encode(), "items")
     assert isinstance(decode_for_topic("items", json.dumps(base).encode()), Item)
+
+
+@pytest.mark.parametrize("with_state", [True, False])
+def test_the_workers_user_interests_json_is_the_models_json_to_the_byte(with_state: bool) -> None:
+    from streams.schemas import InterestSummary, UserInterests, user_interests_json
+
+    interests = [("i7", 2.375, 3, ("i7", "i2", "i9")), ("i4", 0.1 + 0.2, 1, ("i4",))]
+    state = b"RSIC\x01\x00\xff state bytes" if with_state else None
+    fields: dict[str, Any] = {
+        "user_id": "user-1",
+        "n_actions": 4,
+        "last_event_id": "e4" if with_state else None,
+        "last_event_ts": 1_700_000_000_123,
+        "updated_ms": 1_700_000_000_456,
+    }
+
+    fast = user_interests_json(interests=interests, state=state, **fields)
+
+    model = UserInterests(
+        interests=[
+            InterestSummary(medoid=m, importance=imp, size=n, members=list(mem))
+            for m, imp, n, mem in interests
+        ],
+        state=base64.b64encode(state).decode() if state else None,
+        **fields,
+    )
+    assert fast == model.to_json()
+    assert UserInterests.model_validate_json(fast) == model
