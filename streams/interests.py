@@ -503,11 +503,15 @@ class InterestClusters:
         """Importance of every cluster (creation order) at ``now_ms``."""
         return self._importances(now_ms)
 
-    def _medoid_id(self, j: int, members: np.ndarray) -> str:
-        """Item id of cluster ``j``'s medoid (cached until the cluster changes)."""
+    def _medoid_id(self, j: int, members: np.ndarray | None = None) -> str:
+        """Item id of cluster ``j``'s medoid (cached until the cluster changes); ``members``
+        are its live slots, found here when not given and needed."""
         medoid = self._medoid_cache.get(j)
         if medoid is None:
             assert self._vec is not None
+            if members is None:
+                slots = self._live_slots()
+                members = slots[self._cl[slots] == j]
             first: dict[str, int] = {}
             for s in members.tolist():
                 first.setdefault(self._items[s] or "", s)
@@ -522,16 +526,30 @@ class InterestClusters:
     def _medoid_slot(self, j: int, members: np.ndarray) -> int:
         return self._items.index(self._medoid_id(j, members))
 
-    def _recent_items(self, members: np.ndarray, limit: int | None = None) -> tuple[str, ...]:
-        """Distinct items of ``members`` (slots), newest action first, at most ``limit``."""
-        recent: dict[str, None] = {}
-        for slot in members[np.lexsort((-self._seq[members], -self._ts[members]))].tolist():
-            recent[self._items[slot] or ""] = None
-            if len(recent) == limit:
-                break
-        return tuple(recent)
+    def _recent_items(
+        self, clusters: Sequence[int], limit: int | None = None
+    ) -> dict[int, tuple[str, ...]]:
+        """Each cluster's distinct items, newest action first, at most ``limit``: one pass
+        over all actions, newest first (not a sort per cluster)."""
+        live = np.flatnonzero(self._ts != _NO_TS)
+        newest = live[np.lexsort((-self._seq[live], -self._ts[live]))]
+        recent: dict[int, dict[str, None]] = {j: {} for j in clusters}
+        unfilled = len(recent)
+        items = self._items
+        for slot, j in zip(newest.tolist(), self._cl[newest].tolist(), strict=True):
+            got = recent.get(j)
+            if got is None or len(got) == limit:
+                continue
+            got[items[slot] or ""] = None
+            if len(got) == limit:
+                unfilled -= 1
+                if not unfilled:
+                    break
+        return {j: tuple(got) for j, got in recent.items()}
 
-    def _interest(self, j: int, importance: float, members: np.ndarray) -> Interest:
+    def _interest(
+        self, j: int, importance: float, members: np.ndarray, recent: tuple[str, ...]
+    ) -> Interest:
         assert self._vec is not None
         slot = self._medoid_slot(j, members)
         medoid = self._items[slot]
@@ -540,11 +558,16 @@ class InterestClusters:
             medoid=medoid,
             importance=float(importance),
             size=len(members),
-            members=self._recent_items(members),
+            members=recent,
             last_ts=int(self._ts[members].max()),
             centroid=(self._sums[j] / np.float32(self._counts[j])).copy(),
             medoid_vector=self._vec[slot].copy(),
         )
+
+    def _interests(self, clusters: Sequence[int], imp: np.ndarray) -> list[Interest]:
+        members = self._members_by_cluster()
+        recent = self._recent_items(clusters)
+        return [self._interest(j, imp[j], members[j], recent[j]) for j in clusters]
 
     def _members_by_cluster(self) -> list[np.ndarray]:
         slots = self._live_slots()
@@ -556,54 +579,29 @@ class InterestClusters:
         if self._n == 0:
             return []
         imp = self._importances(now_ms)
-        order = np.argsort(-imp, kind="stable")
-        members = self._members_by_cluster()
-        return [self._interest(int(j), imp[j], members[j]) for j in order]
+        return self._interests(np.argsort(-imp, kind="stable").tolist(), imp)
 
     def top_medoids(self, k: int, now_ms: int) -> list[Interest]:
         """The ``k`` most important interests."""
         if k <= 0 or self._n == 0:
             return []
         imp = self._importances(now_ms)
-        order = np.argsort(-imp, kind="stable")[:k]
-        members = self._members_by_cluster()
-        return [self._interest(int(j), imp[j], members[j]) for j in order]
+        return self._interests(np.argsort(-imp, kind="stable")[:k].tolist(), imp)
 
     def summaries(self, k: int, now_ms: int, members: int = 5) -> list[InterestSummary]:
         """What ``top_medoids`` says of the ``k`` most important interests, without vectors:
         medoid, importance, size and the ``members`` most recent distinct items (the
-        worker publishes this for every change: one pass over the actions, newest first,
-        instead of a sort per cluster; medoids come from the cache when unchanged)."""
+        worker publishes this for every change, so it skips the copies and per-cluster
+        member arrays; medoids come from the cache when unchanged)."""
         if k <= 0 or self._n == 0:
             return []
         imp = self._importances(now_ms)
         order = np.argsort(-imp, kind="stable")[:k].tolist()
-        live = np.flatnonzero(self._ts != _NO_TS)
-        cl = self._cl[live]
-        sizes = np.bincount(cl, minlength=len(self._counts)).tolist()
-        newest = live[np.lexsort((-self._seq[live], -self._ts[live]))]
-        recent: dict[int, dict[str, None]] = {j: {} for j in order}
-        unfilled = len(order)
-        items = self._items
-        for slot, j in zip(newest.tolist(), self._cl[newest].tolist(), strict=True):
-            got = recent.get(j)
-            if got is None or len(got) >= members:
-                continue
-            got[items[slot] or ""] = None
-            if len(got) == members:
-                unfilled -= 1
-                if not unfilled:
-                    break
-        slots: np.ndarray | None = None
-        out = []
-        for j in order:
-            medoid = self._medoid_cache.get(j)
-            if medoid is None:
-                if slots is None:
-                    slots = self._live_slots()
-                medoid = self._medoid_id(j, slots[self._cl[slots] == j])
-            out.append(InterestSummary(medoid, float(imp[j]), sizes[j], tuple(recent[j])))
-        return out
+        sizes = np.bincount(self._cl[self._ts != _NO_TS], minlength=len(self._counts)).tolist()
+        recent = self._recent_items(order, members)
+        return [
+            InterestSummary(self._medoid_id(j), float(imp[j]), sizes[j], recent[j]) for j in order
+        ]
 
     def sample_medoids(self, k: int, now_ms: int, rng: np.random.Generator) -> list[Interest]:
         """``k`` interests drawn without replacement, proportionally to importance."""
@@ -618,8 +616,7 @@ class InterestClusters:
             p = (p + 1e-12) / (p + 1e-12).sum()
         picks = rng.choice(n, size=min(k, n), replace=False, p=p)
         picks = picks[np.argsort(-imp[picks], kind="stable")]
-        members = self._members_by_cluster()
-        return [self._interest(int(j), imp[j], members[j]) for j in picks]
+        return self._interests(picks.tolist(), imp)
 
     def assignments(self) -> tuple[list[str], np.ndarray]:
         """Item id and cluster index of every kept action, in arrival order."""

@@ -229,7 +229,7 @@ def user_interests_json(
     (medoid, importance, size, members); ``state`` is raw bytes (base64-encoded here)."""
     return orjson.dumps(
         {
-            "v": 1,
+            "v": SCHEMA_VERSION,
             "type": "user_interests",
             "user_id": user_id,
             "interests": [
