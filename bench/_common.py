@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, Any
 
 
 def parse_args(
@@ -46,3 +48,19 @@ def percentile_ms(samples_s: list[float], q: float) -> float:
     ordered = sorted(samples_s)
     idx = min(len(ordered) - 1, max(0, round(q / 100.0 * (len(ordered) - 1))))
     return round(ordered[idx] * 1000.0, 3)
+
+
+def start_recstream(
+    args: Sequence[str], log: IO[bytes], env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``recstream ARGS`` (e.g. ``serve ...``, ``worker interests ...``) as a child process
+    with the embedded broker's settings (``EMBEDDED_ENV``) and ``env`` on top, output to
+    ``log``."""
+    from streams.broker import EMBEDDED_ENV
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "serving.cli", *args],
+        env={**os.environ, **EMBEDDED_ENV, **(env or {})},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )

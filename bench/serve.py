@@ -21,7 +21,6 @@ import asyncio
 import base64
 import contextlib
 import multiprocessing as mp
-import os
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import emit, parse_args, percentile_ms, progress
+from bench._common import emit, parse_args, percentile_ms, progress, start_recstream
 
 DIM = 384
 
@@ -186,7 +185,7 @@ def main() -> None:
     import httpx
 
     from stores.synthetic import clustered_unit_vectors
-    from streams.broker import EMBEDDED_ENV, EmbeddedBroker, free_port
+    from streams.broker import EmbeddedBroker, free_port
     from streams.publish import Publisher
     from streams.schemas import Engagement, ItemEmbedding
     from streams.topics import ITEM_EMBEDDINGS, USER_INTERESTS, ensure_topics
@@ -197,11 +196,7 @@ def main() -> None:
     )
     records = build_users(n_users, vectors, cluster_of, seed=1)
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    env = {
-        **os.environ,
-        **EMBEDDED_ENV,
-        "RECSTREAM_API_KEYS": "",
-    }
+    env = {"RECSTREAM_API_KEYS": ""}  # no keys: the load sends none
     procs: list[subprocess.Popen[bytes]] = []
     with EmbeddedBroker() as broker:
         settings = broker.settings()
@@ -225,11 +220,8 @@ def main() -> None:
         bootstrap = ["--bootstrap-servers", broker.bootstrap_servers]
         logs = open(tmp / "children.log", "ab")  # noqa: SIM115
         procs.append(
-            subprocess.Popen(
+            start_recstream(
                 [
-                    sys.executable,
-                    "-m",
-                    "serving.cli",
                     "serve",
                     *bootstrap,
                     "--port",
@@ -239,26 +231,13 @@ def main() -> None:
                     "--snapshot-every-s",
                     "0",
                 ],
-                env=env,
-                stdout=logs,
-                stderr=subprocess.STDOUT,
+                logs,
+                env,
             )
         )
         procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "serving.cli",
-                    "worker",
-                    "interests",
-                    *bootstrap,
-                    "--data-dir",
-                    str(tmp / "worker"),
-                ],
-                env=env,
-                stdout=logs,
-                stderr=subprocess.STDOUT,
+            start_recstream(
+                ["worker", "interests", *bootstrap, "--data-dir", str(tmp / "worker")], logs, env
             )
         )
         try:

@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import emit, parse_args, percentile_ms, progress
+from bench._common import emit, parse_args, percentile_ms, progress, start_recstream
 from streams.broker import EMBEDDED_ENV, EmbeddedBroker, free_port
 from streams.publish import Publisher
 from streams.schemas import Engagement, ItemEmbedding
@@ -168,11 +168,8 @@ def measure_freshness(
 
 
 def start_worker(bootstrap: str, data_dir: Path, port: int, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
+    return start_recstream(
         [
-            sys.executable,
-            "-m",
-            "serving.cli",
             "worker",
             "interests",
             "--bootstrap-servers",
@@ -182,9 +179,7 @@ def start_worker(bootstrap: str, data_dir: Path, port: int, log: Path) -> subpro
             "--metrics-port",
             str(port),
         ],
-        env={**os.environ, **EMBEDDED_ENV},
-        stdout=open(log, "wb"),  # lives with the process
-        stderr=subprocess.STDOUT,
+        open(log, "wb"),
     )
 
 
