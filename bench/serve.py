@@ -18,7 +18,6 @@ Full: 100k items, 10k users, 500 req/s. ``--quick``: 10k items, 1k users, 300 re
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import multiprocessing as mp
 import subprocess
@@ -128,9 +127,12 @@ def run_load(
     return lat, errors, time.perf_counter() - t0
 
 
-def build_users(n_users: int, vectors: np.ndarray, cluster_of: np.ndarray, seed: int) -> list:
+def build_users(
+    n_users: int, vectors: np.ndarray, cluster_of: np.ndarray, seed: int
+) -> list[bytes]:
+    """``user-interests`` values (JSON) of users with ~30 engagements on 3 topics each."""
     from streams.interests import InterestClusters
-    from streams.schemas import Engagement, InterestSummary, UserInterests
+    from streams.schemas import Engagement, user_interests_json
 
     rng = np.random.default_rng(seed)
     by_cluster: dict[int, np.ndarray] = {}
@@ -154,22 +156,14 @@ def build_users(n_users: int, vectors: np.ndarray, cluster_of: np.ndarray, seed:
             )
             state.learn_one(ev, vectors[item])
         records.append(
-            UserInterests(
+            user_interests_json(
                 user_id=f"u{u}",
-                interests=[
-                    InterestSummary(
-                        medoid=i.medoid,
-                        importance=i.importance,
-                        size=i.size,
-                        members=list(i.members[:5]),
-                    )
-                    for i in state.top_medoids(10, state.last_ts)
-                ],
+                interests=state.summaries(10, state.last_ts, members=5),
                 n_actions=state.n_actions,
                 last_event_id=state.last_event_id,
                 last_event_ts=state.last_ts,
                 updated_ms=now,
-                state=base64.b64encode(state.to_bytes()).decode(),
+                state=state.to_bytes(),
             )
         )
     return records
@@ -213,8 +207,8 @@ def main() -> None:
                     category=f"c{cluster_of[i] % 20}",
                 )
                 pub.send(ITEM_EMBEDDINGS.name, rec.to_json(), key=rec.key)
-            for r in records:
-                pub.send(USER_INTERESTS.name, r.to_json(), key=r.key)
+            for n, value in enumerate(records):
+                pub.send(USER_INTERESTS.name, value, key=f"u{n}".encode())
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         bootstrap = ["--bootstrap-servers", broker.bootstrap_servers]

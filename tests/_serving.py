@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from serving.readmodels import ReadModelConfig, ReadModels
 from streams.generate import GeneratedData, generate
 from streams.interests import InterestClusters
 from streams.publish import Publisher
-from streams.schemas import Engagement, InterestSummary, ItemEmbedding, UserInterests
+from streams.schemas import Engagement, ItemEmbedding, UserInterests, user_interests_json
 from streams.settings import KafkaSettings
 from streams.topics import ITEM_EMBEDDINGS, USER_INTERESTS
 
@@ -75,21 +74,18 @@ def publish_items(settings: KafkaSettings, world: World) -> None:
 
 
 def interests_record(user_id: str, state: InterestClusters, published: int = 10) -> UserInterests:
-    """The record the interests worker publishes for this state."""
+    """The record the interests worker publishes for this state (built the same way)."""
     now = state.last_ts
-    return UserInterests(
-        user_id=user_id,
-        interests=[
-            InterestSummary(
-                medoid=i.medoid, importance=i.importance, size=i.size, members=list(i.members[:5])
-            )
-            for i in state.top_medoids(published, now)
-        ],
-        n_actions=state.n_actions,
-        last_event_id=state.last_event_id,
-        last_event_ts=now,
-        updated_ms=int(time.time() * 1000),
-        state=base64.b64encode(state.to_bytes()).decode(),
+    return UserInterests.model_validate_json(
+        user_interests_json(
+            user_id=user_id,
+            interests=state.summaries(published, now, members=5),
+            n_actions=state.n_actions,
+            last_event_id=state.last_event_id,
+            last_event_ts=now,
+            updated_ms=int(time.time() * 1000),
+            state=state.to_bytes(),
+        )
     )
 
 
@@ -100,6 +96,12 @@ def publish_users(
         for user_id in users if users is not None else world.states:
             rec = interests_record(user_id, world.states[user_id])
             pub.send(USER_INTERESTS.name, rec.to_json(), key=rec.key)
+
+
+def publish_world(settings: KafkaSettings, world: World) -> None:
+    """The world's item embeddings and user interests, as the workers would have published."""
+    publish_items(settings, world)
+    publish_users(settings, world)
 
 
 def engage(world: World, user_id: str, item_ids: Iterable[str], ts: int) -> list[Engagement]:

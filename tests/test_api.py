@@ -18,7 +18,7 @@ from serving.app import create_app
 from streams.broker import EmbeddedBroker
 from streams.replay import read_topic
 from streams.topics import ENGAGEMENTS, ITEMS
-from tests._serving import World, make_world, publish_items, publish_users, read_models
+from tests._serving import World, make_world, publish_world, read_models
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,7 @@ def api(
     broker: EmbeddedBroker, world: World, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TestClient]:
     settings_ = broker.settings()
-    publish_items(settings_, world)
-    publish_users(settings_, world)
+    publish_world(settings_, world)
     rm = read_models(settings_, tmp_path_factory.mktemp("api"))
     with TestClient(create_app(rm, settings_, api_keys=[])) as client:
         assert rm.wait_ready(30), rm.status()

@@ -19,7 +19,7 @@ import pytest
 from serving.app import create_app
 from streams.broker import EmbeddedBroker, free_port
 from streams.settings import KafkaSettings
-from tests._serving import World, engage, make_world, publish_items, publish_users, read_models
+from tests._serving import World, engage, make_world, publish_users, publish_world, read_models
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(
@@ -43,8 +43,7 @@ def server(
 
     settings = fresh_broker.settings()
     world = make_world(users=12, items=400, events=2500, seed=21)
-    publish_items(settings, world)
-    publish_users(settings, world)
+    publish_world(settings, world)
     rm = read_models(settings, tmp_path / "serving")
     port = free_port()
     config = uvicorn.Config(

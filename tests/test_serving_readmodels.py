@@ -21,8 +21,8 @@ from tests._serving import (
     engage,
     interests_record,
     make_world,
-    publish_items,
     publish_users,
+    publish_world,
     read_models,
     wait_until,
 )
@@ -39,8 +39,7 @@ def test_read_models_materialize_topics_and_follow_updates_and_deletes(
 ) -> None:
     settings = fresh_broker.settings()
     world = make_world()
-    publish_items(settings, world)
-    publish_users(settings, world)
+    publish_world(settings, world)
     with read_models(settings, tmp_path / "r") as rm:
         assert rm.wait_ready(30), rm.status()
         assert len(rm.catalog) == len(world.data.items) and rm.index is not None
@@ -95,8 +94,7 @@ def test_restart_restores_the_snapshot_and_replays_only_the_tail(
 ) -> None:
     settings = fresh_broker.settings()
     world = make_world(users=10, items=200, events=800)
-    publish_items(settings, world)
-    publish_users(settings, world)
+    publish_world(settings, world)
     with read_models(settings, tmp_path / "r") as rm:
         assert rm.wait_ready(30)
     # While the replica is down: one new item, one deleted item, one engagement.
@@ -127,8 +125,7 @@ def test_a_replica_killed_after_a_periodic_snapshot_restores_it_and_replays_only
 ) -> None:
     settings = fresh_broker.settings()
     world = make_world(users=10, items=200, events=800)
-    publish_items(settings, world)
-    publish_users(settings, world)
+    publish_world(settings, world)
     port = free_port()
     api = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
