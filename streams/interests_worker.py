@@ -46,6 +46,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 from stores.kv import CachedItemVectors, StateDB
 from streams.interests import InterestClusters, InterestConfig
+from streams.outbox import Outbox
 from streams.schemas import (
     Engagement,
     InvalidEvent,
@@ -243,27 +244,56 @@ END_MARKER_KEY = "\x00recstream:end-of-batch"
 can be it: ids are validated printable strings)."""
 
 
-def _delivery_tracked_table(unconfirmed: list[Any], touched: set[tuple[Any, int]]) -> type:
-    """A faust Table class that appends each changelog record's future to ``unconfirmed`` and
-    each written (table, changelog partition) to ``touched``."""
+class _Written:
+    """What faust's ``Table.on_key_set`` reads back from ``send_changelog``."""
+
+    __slots__ = ("message", "partition")
+
+    def __init__(self, partition: int) -> None:
+        self.message = self
+        self.partition = partition
+
+
+def _outbox_table(outbox: Outbox, touched: set[tuple[Any, int]]) -> type:
+    """A faust Table class whose changelog records go to ``outbox`` (sent with the batch's
+    other records by ``InterestsWorker._confirm_delivery``), noting each written (table,
+    changelog partition) in ``touched``."""
     import faust
 
-    class DeliveryTrackedTable(faust.Table):
+    class OutboxTable(faust.Table):
+        def changelog_key(self, key: Any) -> bytes:
+            """``key`` as the table stores it (and as its changelog records carry it)."""
+            raw = self.app.serializers.dumps_key(
+                self.key_type, key, serializer=self.key_serializer
+            )
+            assert raw is not None
+            return raw
+
         def send_changelog(
-            self, partition: int | None, key: Any, value: Any, *args: Any, **kwargs: Any
+            self,
+            partition: int | None,
+            key: Any,
+            value: Any,
+            key_serializer: Any = None,
+            value_serializer: Any = None,
         ) -> Any:
-            fut = super().send_changelog(partition, key, value, *args, **kwargs)
-            unconfirmed.append(fut)
-            if partition is not None:
-                touched.add((self, partition))
-            return fut
+            if partition is None:
+                raise RuntimeError("table written outside of an engagement's processing")
+            raw = None
+            if value is not None:
+                raw = self.app.serializers.dumps_value(
+                    self.value_type, value, serializer=value_serializer or self.value_serializer
+                )
+            outbox.add(
+                self.changelog_topic.get_topic_name(),
+                self.changelog_key(key),
+                raw,
+                partition=partition,
+            )
+            touched.add((self, partition))
+            return _Written(partition)
 
-        def send_end_marker(self, partition: int) -> Any:
-            """The closing tombstone of a batch on ``partition``: untracked, awaited by the
-            caller itself (it belongs to the batch being confirmed, not the next one)."""
-            return super().send_changelog(partition, END_MARKER_KEY, None, value_serializer="raw")
-
-    return DeliveryTrackedTable
+    return OutboxTable
 
 
 async def _caught_up(consumer: Any, tps: Sequence[Any], end: dict[Any, int]) -> bool:
@@ -291,9 +321,9 @@ class InterestsWorker:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self._forget_local_tables_after_crash()
-        # Changelog and output records of the current batch, not yet confirmed by the broker.
-        self._unconfirmed: list[Any] = []
-        # (table, changelog partition) written in the current batch, for the end markers.
+        # Changelog and user-interests records of the current batch, sent together after it.
+        self.outbox = Outbox(settings, client_id=f"{cfg.app_id}-outbox")
+        # (table, changelog partition) written in the current batch: end markers, offsets.
         self._touched: set[tuple[Any, int]] = set()
         self.app = faust.App(
             cfg.app_id,
@@ -318,7 +348,7 @@ class InterestsWorker:
             stream_wait_empty=False,
             # Room for whole batches in the stream buffer (faust's 4096 cut them to ~800).
             stream_buffer_maxsize=max(4096, 2 * cfg.batch_size),
-            Table=_delivery_tracked_table(self._unconfirmed, self._touched),
+            Table=_outbox_table(self.outbox, self._touched),
         )
         raw: dict[str, Any] = {
             "key_type": bytes,
@@ -329,7 +359,6 @@ class InterestsWorker:
         self.engagements = self.app.topic(
             ENGAGEMENTS.name, partitions=ENGAGEMENTS.partitions, **raw
         )
-        self.user_interests = self.app.topic(USER_INTERESTS.name, **raw)
         self.dead_letter_topic = self.app.topic(DEAD_LETTERS.name, **raw)
         # bytes values are stored raw; str keys use faust's default (json) key codec.
         table_opts: dict[str, Any] = {
@@ -388,32 +417,44 @@ class InterestsWorker:
 
     async def _agent(self, stream: Any) -> None:
         await self.feed.ready.wait()
-        async for events in stream.take_events(
-            self.config.batch_size, within=self.config.batch_within_s
-        ):
-            self.metrics.batch_size.observe(len(events))
-            await self.process(events)
-            await self._confirm_delivery()
-            await self._update_lag()
+        await self.outbox.start([USER_INTERESTS.name])
+        try:
+            async for events in stream.take_events(
+                self.config.batch_size, within=self.config.batch_within_s
+            ):
+                self.metrics.batch_size.observe(len(events))
+                await self.process(events)
+                await self._confirm_delivery()
+                await self._update_lag()
+        finally:
+            await self.outbox.stop()
 
     async def _confirm_delivery(self) -> None:
-        """Wait until the broker has every changelog and output record of this batch.
+        """Send the batch's changelog and output records; wait until the broker has them all.
 
-        The batch's offsets are acked (hence committable) right after this returns. faust's own
-        flush before a commit gives up on its send buffer after 0.1 s without progress, so a
-        commit could otherwise overtake changelog records still buffered, and a SIGKILL then
-        would lose those events for good.
+        The batch's offsets are acked (hence committable) right after this returns, so a
+        SIGKILL at any point loses no event: what was not confirmed is consumed again.
         """
-        pending = list(self._unconfirmed)
-        self._unconfirmed.clear()
-        if pending:
-            await asyncio.gather(*pending)
         touched = sorted(self._touched, key=lambda tp: (tp[0].name, tp[1]))
         self._touched.clear()
+        written = await self.outbox.flush()
         if touched and self.settings.one_record_batches:
             # Each written changelog partition now ends on a one-record batch (see
             # KafkaSettings.one_record_batches): a tombstone for a key no table holds.
-            await asyncio.gather(*(table.send_end_marker(p) for table, p in touched))
+            for table, partition in touched:
+                topic = table.changelog_topic.get_topic_name()
+                key = table.changelog_key(END_MARKER_KEY)
+                self.outbox.add(topic, key, None, partition=partition)
+            written.update(await self.outbox.flush())
+        from faust.types import TP
+
+        # What faust does per changelog record: the local store remembers how far it is
+        # written, so a restart replays only the changelog's tail into it.
+        for table, partition in touched:
+            topic = table.changelog_topic.get_topic_name()
+            offset = written.get((topic, partition))
+            if offset is not None:
+                table.data.set_persisted_offset(TP(topic, partition), offset)
 
     async def _housekeeping(self) -> None:
         await self._republish_arrived()
@@ -545,15 +586,13 @@ class InterestsWorker:
                 del self.states[user_id]
             self._positions.pop(user_id, None)
             self._cache.pop(user_id, None)
-            self._unconfirmed.append(
-                self.user_interests.send_soon(key=user_id.encode(), value=None)
-            )
+            self.outbox.add(USER_INTERESTS.name, user_id.encode(), None)
             return
         blob = state.to_bytes()
         self.states[user_id] = _POSITION.pack(*applied_at) + blob  # type: ignore[misc]
         value = self.interests_json(user_id, state, blob)
-        # send_soon: queued, not awaited one by one; the batch confirms them all together.
-        self._unconfirmed.append(self.user_interests.send_soon(key=user_id.encode(), value=value))
+        # Sent with the batch's other records by _confirm_delivery.
+        self.outbox.add(USER_INTERESTS.name, user_id.encode(), value)
 
     def interests_json(self, user_id: str, state: InterestClusters, blob: bytes) -> bytes:
         """The user's ``user-interests`` record (``UserInterests`` JSON); ``blob`` is the

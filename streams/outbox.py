@@ -1,0 +1,125 @@
+"""Records of one processing round, sent to Kafka as one record batch per partition.
+
+faust sends each record on its own (a future, a queue hop and an await per record, and a
+conductor that stalls consumption while more than 100 wait), which cost the interests worker
+more than its own work. ``Outbox.add`` appends a record to the partition's batch builder (C
+code, no await); ``flush`` hands every batch to the producer at once and waits until the broker
+has them all. Partitions are chosen by the key's murmur2 hash, as every Kafka client does, so a
+key lands where faust or the Java client would put it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from streams.settings import KafkaSettings
+
+# Below the broker's default largest record batch (message.max.bytes, 1 MiB).
+MAX_BATCH_BYTES = 1_000_000
+
+
+class Outbox:
+    """Batches records per (topic, partition) until ``flush`` sends them all."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+        client_id: str = "recstream-outbox",
+    ) -> None:
+        self.settings = settings
+        self.max_batch_bytes = max_batch_bytes
+        self.client_id = client_id
+        self._producer: Any = None
+        self._partitions: dict[str, list[int]] = {}
+        self._open: dict[tuple[str, int], Any] = {}  # (topic, partition) -> BatchBuilder
+        self._full: list[tuple[tuple[str, int], Any]] = []
+        self._pending = 0
+
+    async def start(self, topics: Iterable[str] = ()) -> None:
+        """Connect, and learn the partitions of ``topics`` (records to them may omit one)."""
+        from aiokafka import AIOKafkaProducer
+
+        kw = {**self.settings.aiokafka(), "client_id": self.client_id}
+        self._producer = AIOKafkaProducer(
+            **kw,
+            acks="all",
+            linger_ms=0,  # batches are complete when handed over
+            max_batch_size=self.max_batch_bytes,
+            max_request_size=self.max_batch_bytes + 64 * 1024,
+        )
+        await self._producer.start()
+        for topic in topics:
+            self._partitions[topic] = sorted(await self._producer.partitions_for(topic))
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()
+
+    @property
+    def pending(self) -> int:
+        """Records added since the last ``flush``."""
+        return self._pending
+
+    def partition_for(self, topic: str, key: bytes) -> int:
+        """Kafka's default partition of ``key`` (murmur2), as faust and the Java client pick it."""
+        from aiokafka.partitioner import DefaultPartitioner
+
+        parts = self._partitions.get(topic)
+        if not parts:
+            raise RuntimeError(f"Outbox.start() was not told about topic {topic!r}")
+        return int(DefaultPartitioner()(key, parts, parts))
+
+    def add(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        partition: int | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> int:
+        """Queue one record (``value`` None = tombstone); returns its partition."""
+        if self._producer is None:
+            raise RuntimeError("the outbox is not started")
+        if partition is None:
+            if key is None:
+                raise ValueError("a record without a partition needs a key")
+            partition = self.partition_for(topic, key)
+        tp = (topic, partition)
+        builder = self._open.get(tp)
+        if builder is None:
+            builder = self._open[tp] = self._producer.create_batch()
+        if builder.append(key=key, value=value, timestamp=None, headers=list(headers)) is None:
+            # Full: keep it for flush and start the partition's next batch.
+            self._full.append((tp, builder))
+            builder = self._open[tp] = self._producer.create_batch()
+            if builder.append(key=key, value=value, timestamp=None, headers=list(headers)) is None:
+                raise ValueError(f"a record of {len(value or b'')} bytes fits no record batch")
+        self._pending += 1
+        return partition
+
+    async def flush(self) -> dict[tuple[str, int], int]:
+        """Send every queued record; return, once the broker has them all, the offset of the
+        last record written per (topic, partition)."""
+        batches = [*self._full, *self._open.items()]
+        self._full, self._open, self._pending = [], {}, 0
+        if not batches:
+            return {}
+        producer = self._producer
+        if producer is None:
+            raise RuntimeError("the outbox is not started")
+        sent = []
+        for (topic, partition), builder in batches:
+            count = builder.record_count()
+            fut = await producer.send_batch(builder, topic, partition=partition)
+            sent.append(((topic, partition), count, fut))
+        metadata = await asyncio.gather(*(fut for _, _, fut in sent))
+        last: dict[tuple[str, int], int] = {}
+        for (tp, count, _), md in zip(sent, metadata, strict=True):
+            last[tp] = max(last.get(tp, -1), md.offset + count - 1)
+        return last
