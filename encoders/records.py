@@ -12,7 +12,6 @@ Lines that are not JSON objects of the expected type, or lack an id, are skipped
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import logging
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pybase64
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def _embedding_line(
         "type": "item_embedding",
         "v": 1,
         "item_id": obj["item_id"],
-        "vector": base64.b64encode(vector.astype("<f4").tobytes()).decode(),
+        "vector": pybase64.b64encode(vector.astype("<f4").tobytes()).decode(),
         "dtype": "float32",
         "dim": dim,
         "encoder_version": version,

@@ -18,7 +18,6 @@ except the health checks, ``/metrics`` and the static dashboard page needs one i
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import hmac
 import logging
@@ -32,6 +31,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import orjson
+import pybase64
 from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -554,7 +554,7 @@ def _projection(
 
     try:
         state = InterestClusters.from_bytes(
-            base64.b64decode(state_b64, validate=True),
+            pybase64.b64decode(state_b64, validate=True),
             rm.item_vectors,
             config=InterestConfig(max_actions=1_000_000),
         )

@@ -18,7 +18,6 @@ in-process replay's (``tests/test_evaluation.py`` checks that they do).
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import subprocess
@@ -29,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import pybase64
 
 from serving.evaluation import ReplayData
 from streams.interests import InterestConfig
@@ -178,7 +179,7 @@ class _Records:
             if interests.last_event_id in self.wanted:
                 if interests.state is None:
                     raise RuntimeError("the interests worker publishes no state (include_state)")
-                self.by_event[interests.last_event_id] = base64.b64decode(interests.state)
+                self.by_event[interests.last_event_id] = pybase64.b64decode(interests.state)
 
     def __enter__(self) -> _Records:
         return self

@@ -20,7 +20,6 @@ record that reflects it.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import gc
 import logging
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pybase64
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from serving.popularity import DecayedPopularity
@@ -167,7 +167,7 @@ def profile_from_record(record: UserInterests, *, applied_ms: int = 0) -> UserPr
     seen: frozenset[str] | None = None
     if record.state:
         try:
-            seen = InterestClusters.items_in(base64.b64decode(record.state, validate=True))
+            seen = InterestClusters.items_in(pybase64.b64decode(record.state, validate=True))
         except (StateFormatError, binascii.Error, ValueError) as exc:
             log.warning(
                 "user %s: unreadable interests state (%s); using members", record.user_id, exc

@@ -19,7 +19,6 @@ rejected (``InvalidEvent``) and routed to ``dead-letters``.
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import orjson
+import pybase64
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SCHEMA_VERSION = 1
@@ -161,7 +161,7 @@ class ItemEmbedding(_Event):
         vec = np.ascontiguousarray(vector, dtype=np.dtype(dtype).newbyteorder("<"))
         return cls(
             item_id=item_id,
-            vector=base64.b64encode(vec.tobytes()).decode(),
+            vector=pybase64.b64encode(vec.tobytes()).decode(),
             dtype=dtype,
             dim=int(vec.shape[0]),
             encoder_version=encoder_version,
@@ -173,7 +173,7 @@ class ItemEmbedding(_Event):
 
     def array(self) -> np.ndarray:
         """The vector as float32 (decoded and checked against ``dim``)."""
-        raw = base64.b64decode(self.vector, validate=True)
+        raw = pybase64.b64decode(self.vector, validate=True)
         vec = np.frombuffer(raw, dtype=np.dtype(self.dtype).newbyteorder("<"))
         if vec.shape[0] != self.dim:
             raise InvalidEvent(f"vector has {vec.shape[0]} values, dim says {self.dim}")
@@ -240,7 +240,7 @@ def user_interests_json(
             "last_event_id": last_event_id,
             "last_event_ts": int(last_event_ts),
             "updated_ms": int(updated_ms),
-            "state": None if state is None else base64.b64encode(state).decode("ascii"),
+            "state": None if state is None else pybase64.b64encode(state).decode("ascii"),
         }
     )
 
@@ -262,7 +262,7 @@ class DeadLetter(BaseModel):
     rejected_ms: int
 
     def original(self) -> bytes:
-        return base64.b64decode(self.value_b64)
+        return pybase64.b64decode(self.value_b64)
 
 
 EngagementsEvent = Annotated[Engagement | UserDeleted, Field(discriminator="type")]
