@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -138,7 +139,7 @@ def measure_freshness(
                 now = time.perf_counter()
                 for m in records:
                     if m.value:
-                        eid = json.loads(m.value).get("last_event_id")
+                        eid = orjson.loads(m.value).get("last_event_id")
                         if eid in sent and eid not in seen:
                             seen[eid] = now
 

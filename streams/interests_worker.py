@@ -79,7 +79,7 @@ class InterestsWorkerConfig:
     app_id: str = APP_ID
     data_dir: Path = Path("data/interests-worker")
     batch_size: int = 10_000
-    batch_within_s: float = 0.05
+    batch_within_s: float = 0.02
     state_cache_users: int = 20_000
     item_cache_vectors: int = 100_000
     max_parked_per_user: int = 1_000
@@ -467,15 +467,15 @@ class InterestsWorker:
         """
         touched = sorted(self._touched, key=lambda tp: (tp[0].name, tp[1]))
         self._touched.clear()
-        written = await self.outbox.flush()
         if touched and self.settings.one_record_batches:
-            # Each written changelog partition now ends on a one-record batch (see
+            # Each written changelog partition ends on a one-record batch (see
             # KafkaSettings.one_record_batches): a tombstone for a key no table holds.
+            self.outbox.seal()
             for table, partition in touched:
                 topic = table.changelog_topic.get_topic_name()
                 key = table.changelog_key(END_MARKER_KEY)
                 self.outbox.add(topic, key, None, partition=partition)
-            written.update(await self.outbox.flush())
+        written = await self.outbox.flush()
         from faust.types import TP
 
         # What faust does per changelog record: the local store remembers how far it is

@@ -103,6 +103,12 @@ class Outbox:
         self._pending += 1
         return partition
 
+    def seal(self) -> None:
+        """Close the open batches: records added from now on go into new batches, sent after
+        these by the same ``flush``."""
+        self._full.extend(self._open.items())
+        self._open = {}
+
     async def flush(self) -> dict[tuple[str, int], int]:
         """Send every queued record; return, once the broker has them all, the offset of the
         last record written per (topic, partition)."""
