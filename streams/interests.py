@@ -187,6 +187,8 @@ class InterestClusters:
             None if self._dim == 0 else np.zeros((cap, self._dim), np.float32)
         )
         self._free: list[int] = list(range(cap - 1, -1, -1))
+        # Live slots (slot order, arrival order), cached until an action comes or goes.
+        self._live: tuple[np.ndarray, np.ndarray] | None = None
         # (ts, seq, slot) of every action, a min-heap: the next eviction is at the top. Entries
         # of slots freed otherwise (deletes) go stale and are dropped when they surface.
         self._order: list[tuple[int, int, int]] = []
@@ -322,6 +324,7 @@ class InterestClusters:
         # A repeat of a kept item adds importance, not geometry: same cluster, same vector.
         repeat_of = self._items.index(item_id) if item_id in self._item_counts else -1
         slot = self._free.pop()
+        self._live = None
         self._items[slot] = item_id
         self._ts[slot] = ts
         self._seq[slot] = self._next_seq
@@ -360,12 +363,12 @@ class InterestClusters:
         so a reloaded state decides exactly like the one that never left memory."""
         if self._cents is None:
             self._cents = self._sums / self._counts[:, None].astype(np.float32)
-            self._cent_sq = np.einsum("ij,ij->i", self._cents, self._cents)
+            self._cent_sq = _row_sq(self._cents)
         else:
             cents, sums, counts, sq = self._cents, self._sums, self._counts, self._cent_sq
             for j in self._dirty:  # one or two rows a event: cheaper than fancy indexing
                 np.divide(sums[j], np.float32(counts[j]), out=cents[j])
-                sq[j : j + 1] = np.einsum("ij,ij->i", cents[j : j + 1], cents[j : j + 1])
+                sq[j : j + 1] = _row_sq(cents[j : j + 1])
         self._dirty.clear()
         return self._cents
 
@@ -402,6 +405,7 @@ class InterestClusters:
             self._cl[slot] = -1
             self._free.append(slot)
             self._n -= 1
+        self._live = None
         for j in touched:
             self._medoid_cache.pop(j, None)
         empty = [j for j in sorted(touched) if self._counts[j] == 0]
@@ -437,9 +441,23 @@ class InterestClusters:
 
     # -- full recluster -------------------------------------------------------------------
     def _live_slots(self) -> np.ndarray:
-        """Live action slots in arrival order."""
-        live = np.flatnonzero(self._ts != _NO_TS)
-        return live[np.argsort(self._seq[live], kind="stable")]
+        """Live action slots in arrival order (read-only, cached)."""
+        return self._live_pair()[1]
+
+    def _live_in_slot_order(self) -> np.ndarray:
+        """Live action slots in slot order (read-only, cached): what ``self._ts != _NO_TS``
+        selects, in the same order."""
+        return self._live_pair()[0]
+
+    def _live_pair(self) -> tuple[np.ndarray, np.ndarray]:
+        live = self._live
+        if live is None:
+            by_slot = np.flatnonzero(self._ts != _NO_TS)
+            by_arrival = by_slot[np.argsort(self._seq[by_slot], kind="stable")]
+            by_slot.flags.writeable = False
+            by_arrival.flags.writeable = False
+            live = self._live = (by_slot, by_arrival)
+        return live
 
     def recluster(self) -> None:
         """Full Ward agglomerative clustering of the kept actions, cut at ``merge_threshold``.
@@ -494,7 +512,7 @@ class InterestClusters:
 
     # -- queries --------------------------------------------------------------------------
     def _importances(self, now_ms: int) -> np.ndarray:
-        live = self._ts != _NO_TS
+        live = self._live_in_slot_order()
         age_days = np.maximum(now_ms - self._ts[live], 0) / DAY_MS
         contrib = self._w[live].astype(np.float64) * np.exp(-self.config.decay_per_day * age_days)
         return np.bincount(self._cl[live], weights=contrib, minlength=len(self._counts))
@@ -531,7 +549,7 @@ class InterestClusters:
     ) -> dict[int, tuple[str, ...]]:
         """Each cluster's distinct items, newest action first, at most ``limit``: one pass
         over all actions, newest first (not a sort per cluster)."""
-        live = np.flatnonzero(self._ts != _NO_TS)
+        live = self._live_in_slot_order()
         newest = live[np.lexsort((-self._seq[live], -self._ts[live]))]
         recent: dict[int, dict[str, None]] = {j: {} for j in clusters}
         unfilled = len(recent)
@@ -597,7 +615,8 @@ class InterestClusters:
             return []
         imp = self._importances(now_ms)
         order = np.argsort(-imp, kind="stable")[:k].tolist()
-        sizes = np.bincount(self._cl[self._ts != _NO_TS], minlength=len(self._counts)).tolist()
+        sizes = np.bincount(self._cl[self._live_in_slot_order()], minlength=len(self._counts))
+        sizes = sizes.tolist()
         recent = self._recent_items(order, members)
         return [
             InterestSummary(self._medoid_id(j), float(imp[j]), sizes[j], recent[j]) for j in order
@@ -766,6 +785,7 @@ class InterestClusters:
             else:
                 state._vec[slot] = unit(vec)
         state._next_seq = n
+        state._live = None
         state._order = [(int(state._ts[s]), int(state._seq[s]), s) for s in state._live_slots()]
         heapq.heapify(state._order)
         if missing:
@@ -787,6 +807,7 @@ class InterestClusters:
             self._cl[slot] = -1
             self._free.append(slot)
             self._n -= 1
+        self._live = None
         live = self._live_slots()
         for j in touched:
             first: dict[str, int] = {}
@@ -799,6 +820,12 @@ class InterestClusters:
         empty = [j for j in sorted(touched) if self._counts[j] == 0]
         if empty:
             self._drop_clusters(empty)
+
+
+def _row_sq(rows: np.ndarray) -> np.ndarray:
+    """Squared norms of ``rows``: one einsum kernel, so a row's bits do not depend on how many
+    rows are computed together (full recomputes and single dirty rows agree)."""
+    return np.einsum("ij,ij->i", rows, rows)
 
 
 def _check_magic_and_version(blob: bytes) -> None:

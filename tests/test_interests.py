@@ -302,6 +302,24 @@ def test_medoids_are_members_and_the_cluster_cap_holds(raw) -> None:  # type: ig
 
 
 @settings(max_examples=60, deadline=None)
+@given(event_lists, st.data())
+def test_cached_live_slots_follow_every_add_eviction_and_delete(raw, data) -> None:  # type: ignore[no-untyped-def]
+    state = InterestClusters(SMALL)
+
+    def fresh() -> tuple[list[int], list[int]]:
+        live = np.flatnonzero(state._ts != np.iinfo(np.int64).max)
+        return live.tolist(), live[np.argsort(state._seq[live], kind="stable")].tolist()
+
+    for e in as_events(raw):
+        state.learn_one(e, ITEM_VECTORS[e.item_id])
+        if data.draw(st.booleans()):
+            state.forget_item(data.draw(st.sampled_from(sorted(ITEM_VECTORS))))
+        assert (state._live_in_slot_order().tolist(), state._live_slots().tolist()) == fresh()
+    state = InterestClusters.from_bytes(state.to_bytes(), lookup_in(ITEM_VECTORS), config=SMALL)
+    assert (state._live_in_slot_order().tolist(), state._live_slots().tolist()) == fresh()
+
+
+@settings(max_examples=60, deadline=None)
 @given(event_lists, st.integers(1, 400), st.integers(1, 400))
 def test_importance_decays_monotonically(raw, later, much_later) -> None:  # type: ignore[no-untyped-def]
     state = InterestClusters(SMALL)
