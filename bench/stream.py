@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -84,10 +85,52 @@ def bare_agent(bootstrap: str, n: int, app_id: str, datadir: str) -> None:
     worker.execute_from_commandline()
 
 
-def make_events(n: int, users: int, items: int, start_ts: int, seed: int) -> list[Engagement]:
-    rng = np.random.default_rng(seed)
-    us = rng.integers(0, users, size=n)
-    its = rng.integers(0, items, size=n)
+class Workload:
+    """The items (dim 384) and who engages with what.
+
+    - ``topical`` (default): items in Gaussian topic clusters (``clustered_unit_vectors``, as
+      in bench/serve.py); each user has 3 topics and takes 90% of their items from them, the
+      rest from anywhere: the handful of interests PinnerSage is built for.
+    - ``uniform``: unrelated random items, each user engaging with any of them. Every user
+      ends up at the cluster cap, and nearly every event merges two clusters: the engine's
+      worst case, and the largest states (~20 KB).
+    """
+
+    def __init__(self, kind: str, users: int, items: int, seed: int = 0) -> None:
+        from stores.synthetic import clustered_unit_vectors
+
+        self.kind, self.users, self.items = kind, users, items
+        rng = np.random.default_rng(seed)
+        self.topics: list[np.ndarray] = []
+        if kind == "uniform":
+            self.vectors = rng.normal(size=(items, DIM)).astype(np.float32)
+        elif kind == "topical":
+            self.vectors, topic_of = clustered_unit_vectors(
+                items, DIM, clusters=max(items // 100, 10), seed=seed
+            )
+            members = [np.flatnonzero(topic_of == t) for t in np.unique(topic_of)]
+            self.topics = [m for m in members if len(m) >= 10]
+            self.user_topics = rng.integers(0, len(self.topics), size=(users, 3))
+        else:
+            raise ValueError(f"unknown workload {kind!r}")
+
+    def events(self, n: int, start_ts: int, seed: int) -> list[Engagement]:
+        rng = np.random.default_rng(seed)
+        us = rng.integers(0, self.users, size=n)
+        its = rng.integers(0, self.items, size=n)
+        if self.topics:
+            own = rng.random(n) < 0.9
+            picks = self.user_topics[us, rng.integers(0, 3, size=n)]
+            where = rng.random(n)
+            for i in np.flatnonzero(own).tolist():
+                topic = self.topics[picks[i]]
+                its[i] = topic[int(where[i] * len(topic))]
+        return make_events(n, us, its, start_ts, seed)
+
+
+def make_events(
+    n: int, us: np.ndarray, its: np.ndarray, start_ts: int, seed: int
+) -> list[Engagement]:
     return [
         Engagement(
             event_id=f"s{seed}-{i}",
@@ -116,7 +159,7 @@ def applied_events(port: int) -> float:
 
 
 def measure_freshness(
-    settings: KafkaSettings, rate: float, seconds: float, users: int, items: int, seed: int = 99
+    settings: KafkaSettings, rate: float, seconds: float, workload: Workload, seed: int = 99
 ) -> list[float]:
     """Publish at ``rate``/s; return publish -> user-interests-visible latencies (s)."""
     from kafka import KafkaConsumer, TopicPartition
@@ -146,7 +189,7 @@ def measure_freshness(
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     n = int(rate * seconds)
-    events = make_events(n, users, items, 1_800_000_000_000 + seed, seed=seed)
+    events = workload.events(n, 1_800_000_000_000 + seed, seed=seed)
     with Publisher(settings, linger_ms=0) as pub:
         t0 = time.perf_counter()
         for i, ev in enumerate(events):
@@ -198,11 +241,20 @@ def wait_for_split(ports: list[int], partitions: int, timeout_s: float = 120) ->
     raise RuntimeError(f"workers did not split the {partitions} partitions in {timeout_s} s")
 
 
+def _workload_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workload",
+        choices=("topical", "uniform"),
+        default="topical",
+        help="who engages with what (see Workload)",
+    )
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--bare-agent":
         bare_agent(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
         return
-    args = parse_args(__doc__ or "")
+    args = parse_args(__doc__ or "", _workload_option)
     n = 20_000 if args.quick else 200_000
     users, items = (2_000, 2_000) if args.quick else (10_000, 20_000)
     fresh_s = 5.0 if args.quick else 15.0
@@ -212,15 +264,15 @@ def main() -> None:
         settings = broker.settings()
         ensure_topics(settings)
         progress(f"publishing {items} item embeddings (dim {DIM}) and {n} engagements")
-        rng = np.random.default_rng(0)
-        vecs = rng.normal(size=(items, DIM)).astype(np.float32)
+        workload = Workload(args.workload, users, items)
+        vecs = workload.vectors
         with Publisher(settings) as pub:
             for i in range(items):
                 rec = ItemEmbedding.from_vector(
                     f"i{i}", vecs[i], encoder_version="bench", source_ts=0
                 )
                 pub.send(ITEM_EMBEDDINGS.name, rec.to_json(), key=rec.key)
-            pub.publish_many(make_events(n, users, items, 1_700_000_000_000, seed=1))
+            pub.publish_many(workload.events(n, 1_700_000_000_000, seed=1))
 
         progress("bare faust agent (consume only)")
         bare = subprocess.run(
@@ -274,9 +326,9 @@ def main() -> None:
             # when it keeps up. Then at the contract's 1,000/s.
             light = min(1000.0, max(50.0, round(0.5 * n / worker_s, -1)))
             progress(f"freshness at {light:.0f} events/s for {fresh_s:.0f} s")
-            light_latencies = measure_freshness(settings, light, fresh_s, users, items, seed=98)
+            light_latencies = measure_freshness(settings, light, fresh_s, workload, seed=98)
             progress(f"freshness at 1000 events/s for {fresh_s:.0f} s")
-            latencies = measure_freshness(settings, 1000.0, fresh_s, users, items)
+            latencies = measure_freshness(settings, 1000.0, fresh_s, workload)
             progress("a second worker joins the group")
             port2 = free_port()
             second = start_worker(
@@ -287,12 +339,12 @@ def main() -> None:
             # its item feed: warm-up rounds at a light rate until they come back fresh.
             settle_until = time.monotonic() + 180
             for seed in range(1000, 10_000):
-                warm = measure_freshness(settings, 100.0, 2.0, users, items, seed=seed)
+                warm = measure_freshness(settings, 100.0, 2.0, workload, seed=seed)
                 fresh = len(warm) >= 190 and percentile_ms(warm, 99) < 1000
                 if fresh or time.monotonic() > settle_until:
                     break
             progress(f"freshness at 1000 events/s with 2 workers for {fresh_s:.0f} s")
-            scaled = measure_freshness(settings, 1000.0, fresh_s, users, items, seed=96)
+            scaled = measure_freshness(settings, 1000.0, fresh_s, workload, seed=96)
         finally:
             for proc in (worker, second):
                 if proc is not None:
@@ -319,6 +371,7 @@ def main() -> None:
             "worker_mean_batch": round(mean_batch, 1),
             "users": users,
             "dim": DIM,
+            "workload": args.workload,
         }
     )
 

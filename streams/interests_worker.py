@@ -398,6 +398,7 @@ class InterestsWorker:
         }
         self.states = self.app.Table("interests", **table_opts)
         self.parked = self.app.Table("parked", **table_opts)
+        self.parked.on_recover(self._on_parked_recovered)
         self.items_db = StateDB(cfg.data_dir / "items")
         self.feed = ItemFeed(settings, self.items_db, cfg.item_cache_vectors)
         self._cache: OrderedDict[str, InterestClusters] = OrderedDict()
@@ -405,7 +406,10 @@ class InterestsWorker:
         self._positions: dict[str, tuple[int, int]] = {}
         # Next engagement offset to process, per partition (for the lag gauge).
         self._next_offset: dict[int, int] = {}
+        # Parked events by item, and the users that have any: built once the tables are
+        # recovered (None until then, and again from a revocation to the next recovery).
         self._parked_index: dict[str, set[str]] | None = None
+        self._parked_users: set[str] | None = None
         self._parked_count = 0
         self.app.agent(self.engagements, name="interests")(self._agent)
         self.app.task(self._feed_task)
@@ -424,6 +428,7 @@ class InterestsWorker:
         self._positions.clear()
         self._next_offset.clear()
         self._parked_index = None
+        self._parked_users = None
 
     async def _rewind_uncommitted(self, app: Any, *args: Any, **kwargs: Any) -> None:
         """Start engagement partitions that have no committed offset from their beginning.
@@ -607,8 +612,12 @@ class InterestsWorker:
             self.metrics.parked.set(max(self._parked_count, 0))
             if parked:
                 self.parked[user_id] = json.dumps(parked).encode()
+                if self._parked_users is not None:
+                    self._parked_users.add(user_id)
             elif user_id in self.parked:
                 del self.parked[user_id]
+                if self._parked_users is not None:
+                    self._parked_users.discard(user_id)
         self._positions[user_id] = applied_at  # type: ignore[assignment]
         if not changed and not redelivered:
             return
@@ -664,6 +673,8 @@ class InterestsWorker:
         return state
 
     def _parked_of(self, user_id: str) -> dict[str, str]:
+        if self._parked_users is not None and user_id not in self._parked_users:
+            return {}  # nearly every user: no table lookup
         blob = self.parked.get(user_id)
         return json.loads(blob) if blob else {}
 
@@ -671,7 +682,9 @@ class InterestsWorker:
         if self._parked_index is not None:
             self._parked_index.setdefault(item_id, set()).add(user_id)
 
-    def _rebuild_parked_index(self) -> dict[str, set[str]]:
+    async def _on_parked_recovered(self) -> None:
+        """faust restored the ``parked`` table of the assigned partitions (it calls this before
+        their engagements flow again): index what is parked there."""
         index: dict[str, set[str]] = {}
         count = 0
         for user_id, blob in self.parked.items():
@@ -680,16 +693,15 @@ class InterestsWorker:
                 count += 1
         self._parked_count = count
         self.metrics.parked.set(count)
-        return index
+        self._parked_index = index
+        self._parked_users = {u for users in index.values() for u in users}
+        # Embeddings may have arrived while these partitions were elsewhere (or we were down).
+        self.feed.arrived.extend(i for i in index if i in self.feed.vectors.store)
 
     async def _republish_arrived(self) -> None:
         """Send parked events whose item now has an embedding back to ``engagements``."""
-        if not self.feed.ready.is_set():
-            return
-        if self._parked_index is None:
-            self._parked_index = self._rebuild_parked_index()
-            # After a restart, embeddings may have arrived while we were down.
-            self.feed.arrived.extend(i for i in self._parked_index if i in self.feed.vectors.store)
+        if not self.feed.ready.is_set() or self._parked_index is None:
+            return  # arrivals wait in feed.arrived until the table is recovered
         arrived, self.feed.arrived = self.feed.arrived, []
         for item_id in dict.fromkeys(arrived):
             for user_id in sorted(self._parked_index.pop(item_id, ())):
