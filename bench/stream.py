@@ -39,6 +39,7 @@ from streams.settings import KafkaSettings
 from streams.topics import ENGAGEMENTS, ITEM_EMBEDDINGS, USER_INTERESTS, ensure_topics
 
 DIM = 384
+HISTORY_TS = 1_700_000_000_000  # event time of the first preloaded engagement (ms)
 
 
 def bare_agent(bootstrap: str, n: int, app_id: str, datadir: str) -> None:
@@ -189,7 +190,9 @@ def measure_freshness(
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     n = int(rate * seconds)
-    events = workload.events(n, 1_800_000_000_000 + seed, seed=seed)
+    # Soon after the preloaded history (hours to days later for the seeds used here): events
+    # years later would evict each user's whole history on arrival, work no live stream does.
+    events = workload.events(n, HISTORY_TS + 10_000_000 + seed * 100_000, seed=seed)
     with Publisher(settings, linger_ms=0) as pub:
         t0 = time.perf_counter()
         for i, ev in enumerate(events):
@@ -272,7 +275,7 @@ def main() -> None:
                     f"i{i}", vecs[i], encoder_version="bench", source_ts=0
                 )
                 pub.send(ITEM_EMBEDDINGS.name, rec.to_json(), key=rec.key)
-            pub.publish_many(workload.events(n, 1_700_000_000_000, seed=1))
+            pub.publish_many(workload.events(n, HISTORY_TS, seed=1))
 
         progress("bare faust agent (consume only)")
         bare = subprocess.run(
