@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import emit, parse_args, percentile_ms, progress, start_recstream
 from streams.broker import EMBEDDED_ENV, EmbeddedBroker, free_port
+from streams.interests_worker import InterestsWorkerConfig
 from streams.publish import Publisher
 from streams.schemas import Engagement, ItemEmbedding
 from streams.settings import KafkaSettings
@@ -43,8 +44,13 @@ HISTORY_TS = 1_700_000_000_000  # event time of the first preloaded engagement (
 
 
 def bare_agent(bootstrap: str, n: int, app_id: str, datadir: str) -> None:
-    """Subprocess mode: a faust agent that only consumes; prints first->last seconds."""
+    """Subprocess mode: a faust agent that only consumes; prints first->last seconds. It runs
+    on the event loop the interests worker runs on by default (uvloop), like for like."""
     import faust
+
+    from streams.interests_worker import use_event_loop
+
+    use_event_loop(InterestsWorkerConfig().event_loop)
 
     app = faust.App(
         app_id,
@@ -375,6 +381,7 @@ def main() -> None:
             "users": users,
             "dim": DIM,
             "workload": args.workload,
+            "event_loop": InterestsWorkerConfig().event_loop,
         }
     )
 

@@ -281,6 +281,11 @@ worker_app = typer.Typer(
 app.add_typer(worker_app, name="worker")
 
 
+class EventLoop(StrEnum):
+    uvloop = "uvloop"
+    asyncio = "asyncio"
+
+
 @worker_app.command("interests")
 def worker_interests(
     data_dir: Annotated[
@@ -319,6 +324,9 @@ def worker_interests(
     recluster_every: Annotated[
         int | None, typer.Option(min=0, help="Engine: full Ward recluster every N (500; 0=never).")
     ] = None,
+    event_loop: Annotated[
+        EventLoop, typer.Option(help="asyncio event loop (uvloop: faust's overhead in C).")
+    ] = EventLoop.uvloop,
     bootstrap_servers: Bootstrap = None,
     loglevel: Annotated[str, typer.Option(help="crit, error, warn, info or debug")] = "warn",
 ) -> None:
@@ -348,6 +356,7 @@ def worker_interests(
         metrics_host=metrics_host,
         batch_size=batch_size,
         max_parked_per_user=max_parked_per_user,
+        event_loop=event_loop.value,
         engine=engine,
     )
     InterestsWorker(settings, config).run(loglevel=loglevel)

@@ -89,6 +89,7 @@ class InterestsWorkerConfig:
     commit_interval_s: float = 1.0
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can reach it
+    event_loop: str = "uvloop"  # or "asyncio"; uvloop falls back to asyncio when missing
     engine: InterestConfig = field(default_factory=InterestConfig)
 
 
@@ -324,6 +325,26 @@ def _outbox_table(outbox: Outbox, touched: set[tuple[Any, int]]) -> type:
             return _Written(partition)
 
     return OutboxTable
+
+
+def use_event_loop(name: str) -> str:
+    """Make ``name`` ("uvloop" or "asyncio") the event loop of faust apps started from now on
+    in this process; returns the one in use (asyncio when uvloop is not installed).
+
+    faust's per-event work is mostly asyncio machinery (futures, callbacks, transports):
+    uvloop, which faust and mode support, does it in C.
+    """
+    if name not in ("uvloop", "asyncio"):
+        raise ValueError(f"unknown event loop {name!r}: expected uvloop or asyncio")
+    if name == "uvloop":
+        try:
+            import mode.loop
+
+            mode.loop.use("uvloop")
+            return "uvloop"
+        except ImportError:
+            log.warning("uvloop is not installed: running on asyncio's own event loop")
+    return "asyncio"
 
 
 async def _caught_up(consumer: Any, tps: Sequence[Any], end: dict[Any, int]) -> bool:
@@ -784,6 +805,7 @@ class InterestsWorker:
             from prometheus_client import start_http_server
 
             start_http_server(self.config.metrics_port, addr=self.config.metrics_host)
+        use_event_loop(self.config.event_loop)
         worker = faust.Worker(self.app, loglevel=loglevel, quiet=True)
         clean = False
         try:

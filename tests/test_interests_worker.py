@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import subprocess
+import sys
 import threading
 import urllib.request
 from collections import Counter
@@ -12,11 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.broker import EmbeddedBroker, free_port
 from streams.generate import generate
 from streams.interests import InterestClusters
+from streams.interests_worker import use_event_loop
 from streams.publish import Publisher
 from streams.replay import read_topic
 from streams.schemas import Engagement, UserDeleted
@@ -295,3 +299,15 @@ def test_deleted_items_leave_users_at_their_next_event_and_parking_is_bounded(
 
 def _engagement(n: int, item_id: str, ts: int) -> Engagement:
     return Engagement(event_id=f"e{n}", user_id="u", item_id=item_id, action="click", ts=ts)
+
+
+def test_the_worker_runs_on_uvloop_and_refuses_unknown_loops() -> None:
+    # In a child process: the event loop policy is process-wide.
+    code = (
+        "import asyncio; from streams.interests_worker import use_event_loop; "
+        "print(use_event_loop('uvloop'), type(asyncio.new_event_loop()).__module__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["uvloop", "uvloop"]
+    with pytest.raises(ValueError, match="unknown event loop"):
+        use_event_loop("trio")
