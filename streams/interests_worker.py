@@ -19,10 +19,17 @@ One faust app (``recstream worker interests``):
 - ``user_deleted`` empties the user's state and publishes a tombstone to ``user-interests``.
 - Bad messages go to ``dead-letters`` with the reason.
 
-Guarantee: at-least-once from Kafka (faust commits offsets after the producer flushed the
-changelog and outputs), exactly-once in effect because the engine skips event ids it applied.
-Table writes need faust's "current event" (it picks the changelog partition from it); a batch
-from ``take_events`` has none, so the agent sets it to the user's last event before writing.
+Guarantee: at-least-once from Kafka, exactly-once in effect: each stored state carries the
+(partition, offset) of the last engagement it holds, and the engine skips event ids it applied.
+A batch's changelog and ``user-interests`` records go out through an ``Outbox`` (one record
+batch per partition) and are confirmed by the broker before the batch's offsets are acked,
+hence before faust can commit them. Table writes need faust's "current event" (it picks the
+changelog partition from it); a batch from ``take_events`` has none, so the agent sets it to
+the user's last event before writing.
+
+Where the time goes (see README, Benchmarks): the engine (learn, summaries, state bytes) and
+faust's per-event consume path are most of it; records out are batched, the table stores
+write without a WAL and the loop is uvloop's.
 """
 
 from __future__ import annotations
