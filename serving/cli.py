@@ -281,6 +281,12 @@ worker_app = typer.Typer(
 app.add_typer(worker_app, name="worker")
 
 
+class PublishedState(StrEnum):
+    view = "view"
+    full = "full"
+    none = "none"
+
+
 class EventLoop(StrEnum):
     uvloop = "uvloop"
     asyncio = "asyncio"
@@ -327,6 +333,13 @@ def worker_interests(
     event_loop: Annotated[
         EventLoop, typer.Option(help="asyncio event loop (uvloop: faust's overhead in C).")
     ] = EventLoop.uvloop,
+    published_state: Annotated[
+        PublishedState,
+        typer.Option(
+            help="State in user-interests records: view (actions and assignments), full "
+            "(with cluster sums and event ids: bit-exact) or none."
+        ),
+    ] = PublishedState.view,
     bootstrap_servers: Bootstrap = None,
     loglevel: Annotated[str, typer.Option(help="crit, error, warn, info or debug")] = "warn",
 ) -> None:
@@ -357,6 +370,7 @@ def worker_interests(
         batch_size=batch_size,
         max_parked_per_user=max_parked_per_user,
         event_loop=event_loop.value,
+        published_state=published_state.value,
         engine=engine,
     )
     InterestsWorker(settings, config).run(loglevel=loglevel)

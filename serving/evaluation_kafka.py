@@ -143,6 +143,8 @@ def _start_worker(bootstrap: str, root: Path, engine: InterestConfig) -> subproc
     cmd = [sys.executable, "-m", "serving.cli", "worker", "interests"]
     cmd += ["--bootstrap-servers", bootstrap, "--data-dir", str(root / "interests-worker")]
     cmd += worker_flags(engine)
+    # Full states: their centroids are the in-process engine's to the bit (views round them).
+    cmd += ["--published-state", "full"]
     return subprocess.Popen(
         cmd, env={**os.environ, **EMBEDDED_ENV}, stdout=log_file, stderr=subprocess.STDOUT
     )
@@ -178,7 +180,7 @@ class _Records:
                 continue  # a tombstone
             if interests.last_event_id in self.wanted:
                 if interests.state is None:
-                    raise RuntimeError("the interests worker publishes no state (include_state)")
+                    raise RuntimeError("the interests worker publishes no state")
                 self.by_event[interests.last_event_id] = pybase64.b64decode(interests.state)
 
     def __enter__(self) -> _Records:

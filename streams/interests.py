@@ -38,6 +38,8 @@ from threadpoolctl import ThreadpoolController
 DAY_MS = 86_400_000
 FORMAT_VERSION = 1
 _MAGIC = b"RSIC"
+# A view: the same layout without cluster sums and remembered event ids (what readers need).
+_VIEW_MAGIC = b"RSIV"
 _NO_TS = np.iinfo(np.int64).max
 # magic, version, dim, actions, clusters, applied, newest ts, has-last, byte lengths of the
 # last event id, item ids and event ids.
@@ -652,20 +654,23 @@ class InterestClusters:
         return self._ts[self._live_slots()].copy()
 
     # -- serialization --------------------------------------------------------------------
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, *, view: bool = False) -> bytes:
         """Compact versioned bytes: ids, times, weights, assignments, cluster sums, event ids.
 
         Member embeddings are not included: they live once per item in the item store and
-        come back through ``from_bytes``'s lookup.
+        come back through ``from_bytes``'s lookup. A ``view`` leaves out the cluster sums and
+        the remembered event ids (most of the bytes): it answers every query the same, and
+        ``from_bytes`` rebuilds the sums from the members, exactly up to float rounding. The
+        worker's own table keeps full states, which evolve bit for bit alike after a reload.
         """
         slots = self._live_slots()
         items = "\n".join(self._items[s] or "" for s in slots).encode()
-        events = "\n".join(self._event_ids).encode()
+        events = b"" if view else "\n".join(self._event_ids).encode()
         last = (self._last_event_id or "").encode()
         k = len(self._counts)
         head = struct.pack(
             _HEADER,
-            _MAGIC,
+            _VIEW_MAGIC if view else _MAGIC,
             FORMAT_VERSION,
             self._dim,
             self._n,
@@ -686,13 +691,14 @@ class InterestClusters:
             self._w[slots].astype("<f4").tobytes(),
             self._cl[slots].astype("<u2").tobytes(),
             self._counts.astype("<u4").tobytes(),
-            self._sums.astype("<f4").tobytes(),
         ]
+        if not view:
+            parts.append(self._sums.astype("<f4").tobytes())
         return b"".join(parts)
 
     @staticmethod
     def items_in(blob: bytes) -> frozenset[str]:
-        """The item ids a ``to_bytes`` state holds, without rebuilding it (cheap: no vectors).
+        """The item ids a ``to_bytes`` state (or view) holds, without rebuilding it (cheap).
 
         Raises ``StateFormatError`` on a blob that is not a state of this format version.
         """
@@ -714,13 +720,14 @@ class InterestClusters:
         """Rebuild a state from ``to_bytes``; actions on items ``lookup`` lacks are dropped."""
         fmt = _HEADER
         size = struct.calcsize(fmt)
-        _check_magic_and_version(blob)
+        view = _check_magic_and_version(blob)
         if len(blob) < size:
             raise StateFormatError("interests state is truncated")
         _, _, dim, n, k, applied, max_ts, has_last, n_last, n_items, n_events = struct.unpack_from(
             fmt, blob
         )
-        expected = size + n_last + n_items + n_events + n * (8 + 4 + 2) + k * (4 + 4 * dim)
+        sum_bytes = 0 if view else 4 * dim
+        expected = size + n_last + n_items + n_events + n * (8 + 4 + 2) + k * (4 + sum_bytes)
         if len(blob) != expected:
             raise StateFormatError(f"interests state has {len(blob)} bytes, expected {expected}")
         off = size
@@ -738,7 +745,10 @@ class InterestClusters:
         w = np.frombuffer(take(4 * n), dtype="<f4").astype(np.float32)
         cl = np.frombuffer(take(2 * n), dtype="<u2").astype(np.int32)
         counts = np.frombuffer(take(4 * k), dtype="<u4").astype(np.int64)
-        sums = np.frombuffer(take(4 * k * dim), dtype="<f4").reshape(k, dim).astype(np.float32)
+        if view:
+            sums = np.zeros((k, dim), dtype=np.float32)  # rebuilt from the members below
+        else:
+            sums = np.frombuffer(take(4 * k * dim), dtype="<f4").reshape(k, dim).astype(np.float32)
         pairs = dict(zip(items, cl.tolist(), strict=False))
         if (
             len(items) != n
@@ -788,9 +798,10 @@ class InterestClusters:
         state._live = None
         state._order = [(int(state._ts[s]), int(state._seq[s]), s) for s in state._live_slots()]
         heapq.heapify(state._order)
-        if missing:
-            # The item is gone: drop its actions and rebuild the affected cluster sums exactly.
-            touched = {int(state._cl[s]) for s in missing}
+        if missing or view:
+            # A gone item: drop its actions and rebuild the affected cluster sums exactly (a
+            # view: rebuild them all).
+            touched = set(range(k)) if view else {int(state._cl[s]) for s in missing}
             state._remove_slots_without_vectors(missing, touched)
         return state
 
@@ -828,14 +839,16 @@ def _row_sq(rows: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", rows, rows)
 
 
-def _check_magic_and_version(blob: bytes) -> None:
-    if len(blob) < 5 or blob[:4] != _MAGIC:
+def _check_magic_and_version(blob: bytes) -> bool:
+    """Checks a state's magic and version; True for a view (``to_bytes(view=True)``)."""
+    if len(blob) < 5 or blob[:4] not in (_MAGIC, _VIEW_MAGIC):
         raise StateFormatError("not a recstream interests state (bad magic)")
     if blob[4] != FORMAT_VERSION:
         raise StateFormatError(
             f"interests state format version {blob[4]} is not supported "
             f"(this recstream reads version {FORMAT_VERSION})"
         )
+    return blob[:4] == _VIEW_MAGIC
 
 
 @functools.cache

@@ -76,7 +76,7 @@ log = logging.getLogger(__name__)
 
 APP_ID = "recstream-interests"
 # Table values: (partition, offset) of the user's last processed engagement, then the state.
-_POSITION = struct.Struct("<iq")
+STATE_POSITION = struct.Struct("<iq")
 
 
 @dataclass(frozen=True)
@@ -92,12 +92,22 @@ class InterestsWorkerConfig:
     max_parked_per_user: int = 1_000
     published_interests: int = 10
     published_members: int = 5
-    include_state: bool = True
+    # State in each user-interests record: "view" (what readers need: actions, assignments;
+    # a tenth of the bytes), "full" (with cluster sums and event ids, bit-exact) or "none".
+    published_state: str = "view"
     commit_interval_s: float = 1.0
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can reach it
     event_loop: str = "uvloop"  # or "asyncio"; uvloop falls back to asyncio when missing
     engine: InterestConfig = field(default_factory=InterestConfig)
+
+    def __post_init__(self) -> None:
+        if self.published_state not in ("view", "full", "none"):
+            raise ValueError(
+                f"published_state must be view, full or none: {self.published_state!r}"
+            )
+        if self.event_loop not in ("uvloop", "asyncio"):
+            raise ValueError(f"event_loop must be uvloop or asyncio: {self.event_loop!r}")
 
 
 class WorkerMetrics:
@@ -659,7 +669,7 @@ class InterestsWorker:
             self.outbox.add(USER_INTERESTS.name, user_id.encode(), None)
             return
         blob = state.to_bytes()
-        self.states[user_id] = _POSITION.pack(*applied_at) + blob  # type: ignore[misc]
+        self.states[user_id] = STATE_POSITION.pack(*applied_at) + blob  # type: ignore[misc]
         value = self.interests_json(user_id, state, blob)
         # Sent with the batch's other records by _confirm_delivery.
         self.outbox.add(USER_INTERESTS.name, user_id.encode(), value)
@@ -677,8 +687,14 @@ class InterestsWorker:
             last_event_id=state.last_event_id,
             last_event_ts=now,
             updated_ms=int(time.time() * 1000),
-            state=blob if self.config.include_state else None,
+            state=self._published_state(state, blob),
         )
+
+    def _published_state(self, state: InterestClusters, blob: bytes) -> bytes | None:
+        kind = self.config.published_state
+        if kind == "view":
+            return state.to_bytes(view=True)
+        return blob if kind == "full" else None
 
     def _state(self, user_id: str) -> InterestClusters:
         state = self._cache.get(user_id)
@@ -690,9 +706,9 @@ class InterestsWorker:
             state = InterestClusters(self.config.engine)
             self._positions.pop(user_id, None)
         else:
-            self._positions[user_id] = _POSITION.unpack_from(stored)
+            self._positions[user_id] = STATE_POSITION.unpack_from(stored)
             state = InterestClusters.from_bytes(
-                stored[_POSITION.size :], self.feed.lookup, config=self.config.engine
+                stored[STATE_POSITION.size :], self.feed.lookup, config=self.config.engine
             )
         self._cache[user_id] = state
         while len(self._cache) > self.config.state_cache_users:

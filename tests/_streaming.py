@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import numpy as np
 
 from streams.broker import EMBEDDED_ENV
 from streams.interests import InterestClusters, InterestConfig
+from streams.interests_worker import APP_ID, STATE_POSITION
 from streams.publish import Publisher
 from streams.replay import read_topic
 from streams.schemas import Engagement, ItemEmbedding, UserInterests, decode_for_topic
@@ -50,13 +52,16 @@ def offline_states(
     events: Iterable[Engagement],
     vectors: dict[str, np.ndarray],
     config: InterestConfig | None = None,
+    *,
+    view: bool = True,
 ) -> dict[str, bytes]:
-    """What the pure engine computes for each user from the same events, no Kafka."""
+    """What the pure engine computes for each user from the same events, no Kafka: as the
+    worker publishes it (a view), or the full state its table holds."""
     states: dict[str, InterestClusters] = {}
     for ev in events:
         state = states.setdefault(ev.user_id, InterestClusters(config or InterestConfig()))
         state.learn_one(ev, vectors[ev.item_id])
-    return {u: s.to_bytes() for u, s in states.items() if s.n_actions}
+    return {u: s.to_bytes(view=view) for u, s in states.items() if s.n_actions}
 
 
 def latest_interests(settings: KafkaSettings) -> dict[str, UserInterests | None]:
@@ -67,6 +72,25 @@ def latest_interests(settings: KafkaSettings) -> dict[str, UserInterests | None]
             None if rec.value is None else decode_for_topic(USER_INTERESTS.name, rec.value)
         )
     return latest
+
+
+TABLE_CHANGELOG = f"{APP_ID}-interests-changelog"  # faust's name for the table's changelog
+
+
+def table_states(settings: KafkaSettings) -> dict[str, bytes]:
+    """Full states from the interests worker's table changelog (latest per user), without the
+    (partition, offset) each value starts with."""
+    states: dict[str, bytes] = {}
+    for rec in read_topic(settings, TABLE_CHANGELOG, idle_timeout_s=1.0):
+        assert rec.key is not None
+        user = rec.key.decode()
+        if user.startswith('"'):
+            user = json.loads(user)
+        if rec.value is None:
+            states.pop(user, None)
+        else:
+            states[user] = rec.value[STATE_POSITION.size :]
+    return states
 
 
 def worker_states(settings: KafkaSettings) -> dict[str, bytes]:

@@ -302,6 +302,29 @@ def test_medoids_are_members_and_the_cluster_cap_holds(raw) -> None:  # type: ig
 
 
 @settings(max_examples=60, deadline=None)
+@given(event_lists)
+def test_a_view_answers_every_query_like_the_full_state(raw) -> None:  # type: ignore[no-untyped-def]
+    state = InterestClusters(SMALL)
+    for e in as_events(raw):
+        state.learn_one(e, ITEM_VECTORS[e.item_id])
+    full, view = state.to_bytes(), state.to_bytes(view=True)
+    assert InterestClusters.items_in(view) == InterestClusters.items_in(full)
+    rebuilt = InterestClusters.from_bytes(view, lookup_in(ITEM_VECTORS), config=SMALL)
+    assert rebuilt.to_bytes(view=True) == view
+    now = state.last_ts
+    got, want = rebuilt.interests(now), state.interests(now)
+    assert [(i.medoid, i.size, i.members) for i in got] == [
+        (i.medoid, i.size, i.members) for i in want
+    ]
+    # Importances sum the same terms, in slot order, which a reload may change: to rounding.
+    assert [i.importance for i in got] == pytest.approx([i.importance for i in want], rel=1e-12)
+    # Sums rebuilt from the members: equal up to float rounding.
+    np.testing.assert_allclose(rebuilt._sums, state._sums, atol=1e-5)
+    if state.n_clusters:
+        assert len(view) < len(full)
+
+
+@settings(max_examples=60, deadline=None)
 @given(event_lists, st.data())
 def test_cached_live_slots_follow_every_add_eviction_and_delete(raw, data) -> None:  # type: ignore[no-untyped-def]
     state = InterestClusters(SMALL)

@@ -30,6 +30,7 @@ from tests._streaming import (
     publish_item_vectors,
     start_interests_worker,
     stop,
+    table_states,
     topic_vectors,
     wait_for,
     worker_states,
@@ -57,6 +58,10 @@ def test_worker_matches_the_offline_engine_and_handles_bad_and_deleted(
             what="states equal offline",
             alive=[proc],
         )
+        # Published views are smaller; the table holds the full states, bit for bit.
+        full = offline_states(data.engagements, vectors, view=False)
+        full.pop("u0", None)
+        assert table_states(settings) == full
     finally:
         stop(proc)
     letters = list(read_topic(settings, DEAD_LETTERS.name, idle_timeout_s=1.0))
@@ -179,6 +184,7 @@ def test_sigkill_halfway_then_restart_loses_nothing_and_double_counts_nothing(
                 what="states equal offline",
                 alive=[proc],
             )
+        assert table_states(settings) == offline_states(data.engagements, vectors, view=False)
         # The lag gauge saw the backlog the restarted worker had to work through, then none.
         assert max(lags) > 0, lags
         wait_for(
