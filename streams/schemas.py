@@ -197,7 +197,9 @@ class UserInterests(_Event):
     """Value of the compacted ``user-interests`` topic: a user's current interests.
 
     ``state`` is the interests engine's serialized state (base64), so read models can answer
-    "which items has this user seen" and show clusters without replaying engagements.
+    "which items has this user seen" and show clusters without replaying engagements. The
+    worker publishes a view by default (``InterestClusters.to_bytes(view=True)``: actions and
+    assignments without cluster sums and event ids); ``from_bytes`` reads both.
     """
 
     type: Literal["user_interests"] = "user_interests"

@@ -294,9 +294,17 @@ def test_deleted_items_leave_users_at_their_next_event_and_parking_is_bounded(
             "x0",
             "x1",
         ]
-        # i1 is deleted; the user's state drops it at their next event.
+        # i1 is deleted; the user's state drops it at their next event once the worker knows
+        # (the deletion and the event travel on different topics: either may come first).
         with Publisher(settings) as pub:
             pub.send(ITEM_EMBEDDINGS.name, None, key=b"i1")
+        wait_for(
+            lambda: _metric(port, "recstream_interest_item_vectors") == 3,
+            20,
+            what="the worker saw the deletion",
+        )
+        assert seen() == {"i0", "i1", "i2"}  # lazily: not before the user's next event
+        with Publisher(settings) as pub:
             pub.publish(_engagement(20, "i3", t0 + 20))
         wait_for(lambda: seen() == {"i0", "i2", "i3"}, 30, what="i1 forgotten", alive=[proc])
     finally:
