@@ -106,7 +106,7 @@ class Workload:
     def __init__(self, kind: str, users: int, items: int, seed: int = 0) -> None:
         from stores.synthetic import clustered_unit_vectors
 
-        self.kind, self.users, self.items = kind, users, items
+        self.users, self.items = users, items
         rng = np.random.default_rng(seed)
         self.topics: list[np.ndarray] = []
         if kind == "uniform":
@@ -132,22 +132,16 @@ class Workload:
             for i in np.flatnonzero(own).tolist():
                 topic = self.topics[picks[i]]
                 its[i] = topic[int(where[i] * len(topic))]
-        return make_events(n, us, its, start_ts, seed)
-
-
-def make_events(
-    n: int, us: np.ndarray, its: np.ndarray, start_ts: int, seed: int
-) -> list[Engagement]:
-    return [
-        Engagement(
-            event_id=f"s{seed}-{i}",
-            user_id=f"u{us[i]}",
-            item_id=f"i{its[i]}",
-            action="click",
-            ts=start_ts + i,
-        )
-        for i in range(n)
-    ]
+        return [
+            Engagement(
+                event_id=f"s{seed}-{i}",
+                user_id=f"u{us[i]}",
+                item_id=f"i{its[i]}",
+                action="click",
+                ts=start_ts + i,
+            )
+            for i in range(n)
+        ]
 
 
 def worker_metric(port: int, prefix: str) -> float:

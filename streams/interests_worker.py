@@ -75,6 +75,8 @@ from streams.topics import (
 log = logging.getLogger(__name__)
 
 APP_ID = "recstream-interests"
+EVENT_LOOPS = ("uvloop", "asyncio")
+PUBLISHED_STATES = ("view", "full", "none")
 # Table values: (partition, offset) of the user's last processed engagement, then the state.
 STATE_POSITION = struct.Struct("<iq")
 
@@ -102,11 +104,11 @@ class InterestsWorkerConfig:
     engine: InterestConfig = field(default_factory=InterestConfig)
 
     def __post_init__(self) -> None:
-        if self.published_state not in ("view", "full", "none"):
+        if self.published_state not in PUBLISHED_STATES:
             raise ValueError(
                 f"published_state must be view, full or none: {self.published_state!r}"
             )
-        if self.event_loop not in ("uvloop", "asyncio"):
+        if self.event_loop not in EVENT_LOOPS:
             raise ValueError(f"event_loop must be uvloop or asyncio: {self.event_loop!r}")
 
 
@@ -351,7 +353,7 @@ def use_event_loop(name: str) -> str:
     faust's per-event work is mostly asyncio machinery (futures, callbacks, transports):
     uvloop, which faust and mode support, does it in C.
     """
-    if name not in ("uvloop", "asyncio"):
+    if name not in EVENT_LOOPS:
         raise ValueError(f"unknown event loop {name!r}: expected uvloop or asyncio")
     if name == "uvloop":
         try:

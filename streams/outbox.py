@@ -34,6 +34,7 @@ class Outbox:
         self.max_batch_bytes = max_batch_bytes
         self.client_id = client_id
         self._producer: Any = None
+        self._partitioner: Any = None
         self._partitions: dict[str, list[int]] = {}
         self._open: dict[tuple[str, int], Any] = {}  # (topic, partition) -> BatchBuilder
         self._full: list[tuple[tuple[str, int], Any]] = []
@@ -42,6 +43,7 @@ class Outbox:
     async def start(self, topics: Iterable[str] = ()) -> None:
         """Connect, and learn the partitions of ``topics`` (records to them may omit one)."""
         from aiokafka import AIOKafkaProducer
+        from aiokafka.partitioner import DefaultPartitioner
 
         kw = {**self.settings.aiokafka(), "client_id": self.client_id}
         self._producer = AIOKafkaProducer(
@@ -51,6 +53,7 @@ class Outbox:
             max_batch_size=self.max_batch_bytes,
             max_request_size=self.max_batch_bytes + 64 * 1024,
         )
+        self._partitioner = DefaultPartitioner()
         await self._producer.start()
         for topic in topics:
             self._partitions[topic] = sorted(await self._producer.partitions_for(topic))
@@ -67,12 +70,10 @@ class Outbox:
 
     def partition_for(self, topic: str, key: bytes) -> int:
         """Kafka's default partition of ``key`` (murmur2), as faust and the Java client pick it."""
-        from aiokafka.partitioner import DefaultPartitioner
-
         parts = self._partitions.get(topic)
         if not parts:
             raise RuntimeError(f"Outbox.start() was not told about topic {topic!r}")
-        return int(DefaultPartitioner()(key, parts, parts))
+        return int(self._partitioner(key, parts, parts))
 
     def add(
         self,
@@ -91,14 +92,15 @@ class Outbox:
                 raise ValueError("a record without a partition needs a key")
             partition = self.partition_for(topic, key)
         tp = (topic, partition)
+        hdrs = list(headers)
         builder = self._open.get(tp)
         if builder is None:
             builder = self._open[tp] = self._producer.create_batch()
-        if builder.append(key=key, value=value, timestamp=None, headers=list(headers)) is None:
+        if builder.append(key=key, value=value, timestamp=None, headers=hdrs) is None:
             # Full: keep it for flush and start the partition's next batch.
             self._full.append((tp, builder))
             builder = self._open[tp] = self._producer.create_batch()
-            if builder.append(key=key, value=value, timestamp=None, headers=list(headers)) is None:
+            if builder.append(key=key, value=value, timestamp=None, headers=hdrs) is None:
                 raise ValueError(f"a record of {len(value or b'')} bytes fits no record batch")
         self._pending += 1
         return partition
