@@ -52,6 +52,8 @@ import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from stores.kv import CachedItemVectors, StateDB
+from streams.batching import take_waiting
+from streams.heap import FreezeSurvivors
 from streams.interests import InterestClusters, InterestConfig
 from streams.outbox import Outbox
 from streams.schemas import (
@@ -87,8 +89,10 @@ class InterestsWorkerConfig:
 
     app_id: str = APP_ID
     data_dir: Path = Path("data/interests-worker")
+    # A batch closes once it holds every event the broker had, at batch_size events, or
+    # batch_within_s after the previous batch (see streams.batching.take_waiting).
     batch_size: int = 10_000
-    batch_within_s: float = 0.02
+    batch_within_s: float = 1.0
     state_cache_users: int = 20_000
     item_cache_vectors: int = 100_000
     max_parked_per_user: int = 1_000
@@ -101,6 +105,9 @@ class InterestsWorkerConfig:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can reach it
     event_loop: str = "uvloop"  # or "asyncio"; uvloop falls back to asyncio when missing
+    # Survivors of full collections are frozen; every this many seconds the collector sees the
+    # whole heap once more (see streams.heap.FreezeSurvivors). 0 = the default collector.
+    full_gc_every_s: float = 600.0
     engine: InterestConfig = field(default_factory=InterestConfig)
 
     def __post_init__(self) -> None:
@@ -110,6 +117,8 @@ class InterestsWorkerConfig:
             )
         if self.event_loop not in EVENT_LOOPS:
             raise ValueError(f"event_loop must be uvloop or asyncio: {self.event_loop!r}")
+        if self.full_gc_every_s < 0 or self.batch_within_s <= 0:
+            raise ValueError("full_gc_every_s must be >= 0 and batch_within_s > 0")
 
 
 class WorkerMetrics:
@@ -494,8 +503,8 @@ class InterestsWorker:
         await self.feed.ready.wait()
         await self.outbox.start([USER_INTERESTS.name])
         try:
-            async for events in stream.take_events(
-                self.config.batch_size, within=self.config.batch_within_s
+            async for events in take_waiting(
+                stream, self.config.batch_size, self.config.batch_within_s
             ):
                 self.metrics.batch_size.observe(len(events))
                 await self.process(events)
@@ -832,6 +841,9 @@ class InterestsWorker:
             start_http_server(self.config.metrics_port, addr=self.config.metrics_host)
         use_event_loop(self.config.event_loop)
         worker = faust.Worker(self.app, loglevel=loglevel, quiet=True)
+        heap = FreezeSurvivors(self.config.full_gc_every_s) if self.config.full_gc_every_s else None
+        if heap is not None:
+            heap.install()
         clean = False
         try:
             worker.execute_from_commandline()
@@ -840,6 +852,8 @@ class InterestsWorker:
             clean = exc.code in (0, None)
             raise
         finally:
+            if heap is not None:
+                heap.uninstall()
             self.items_db.close()
             if clean:
                 self._clean_marker.touch()
