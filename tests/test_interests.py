@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.spatial.distance import pdist
 from sklearn.metrics import adjusted_rand_score
 
 from streams.generate import generate
@@ -222,6 +224,21 @@ def test_full_recluster_cuts_ward_at_the_same_threshold() -> None:
     labels = ward_labels(x.astype(np.float32), threshold=0.75, max_clusters=12)
     assert adjusted_rand_score(np.repeat([0, 1, 2], 20), labels) == 1.0
     assert ward_labels(x.astype(np.float32), threshold=0.75, max_clusters=2).max() == 2
+
+
+def test_ward_labels_match_scipys_public_linkage_and_fcluster() -> None:
+    rng = np.random.default_rng(5)
+    for n in (2, 3, 16, 33, 120):
+        x = rng.normal(size=(n, 24)).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        tree = linkage(pdist(x.astype(np.float64)), method="ward")
+        for threshold, cap in ((0.5, 12), (0.9, 12), (0.5, 3)):
+            expected = fcluster(tree, t=np.sqrt(2.0 * threshold), criterion="distance")
+            if expected.max() > cap:
+                expected = fcluster(tree, t=cap, criterion="maxclust")
+            got = ward_labels(x, threshold, cap)
+            assert adjusted_rand_score(expected, got) == 1.0, (n, threshold, cap)
+            assert got.max() == expected.max()
 
 
 def test_serialization_is_compact_and_rejects_other_versions() -> None:
