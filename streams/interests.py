@@ -159,7 +159,8 @@ def medoid_of(vectors: np.ndarray, ids: Sequence[str]) -> int:
     (sum_j ||x - v_j||^2 = n ||x - c||^2 + const), so O(n dim) instead of O(n^2 dim). Ties go to
     the smallest item id, so the answer does not depend on member order.
     """
-    c = vectors.mean(axis=0, dtype=np.float64).astype(np.float32)
+    # np.mean's own steps (float64 sum, divided by the count) without its wrapper: same bits.
+    c = (np.add.reduce(vectors, axis=0, dtype=np.float64) / len(vectors)).astype(np.float32)
     diff = vectors - c
     d = np.einsum("ij,ij->i", diff, diff)
     best = np.flatnonzero(d == d.min())
@@ -191,6 +192,8 @@ class InterestClusters:
         self._free: list[int] = list(range(cap - 1, -1, -1))
         # Live slots (slot order, arrival order), cached until an action comes or goes.
         self._live: tuple[np.ndarray, np.ndarray] | None = None
+        # (the live pair it was made from, item ids joined): see _live_items.
+        self._items_bytes: tuple[tuple[np.ndarray, np.ndarray], bytes] | None = None
         # (ts, seq, slot) of every action, a min-heap: the next eviction is at the top. Entries
         # of slots freed otherwise (deletes) go stale and are dropped when they surface.
         self._order: list[tuple[int, int, int]] = []
@@ -461,6 +464,17 @@ class InterestClusters:
             live = self._live = (by_slot, by_arrival)
         return live
 
+    def _live_items(self) -> bytes:
+        """The live actions' item ids in arrival order, newline-joined (cached with the live
+        slots: a full state and its view both need them)."""
+        live = self._live_pair()
+        cached = self._items_bytes
+        if cached is None or cached[0] is not live:
+            items = self._items
+            joined = "\n".join([items[s] or "" for s in live[1].tolist()]).encode()
+            cached = self._items_bytes = (live, joined)
+        return cached[1]
+
     def recluster(self) -> None:
         """Full Ward agglomerative clustering of the kept actions, cut at ``merge_threshold``.
 
@@ -664,7 +678,7 @@ class InterestClusters:
         worker's own table keeps full states, which evolve bit for bit alike after a reload.
         """
         slots = self._live_slots()
-        items = "\n".join(self._items[s] or "" for s in slots).encode()
+        items = self._live_items()
         events = b"" if view else "\n".join(self._event_ids).encode()
         last = (self._last_event_id or "").encode()
         k = len(self._counts)

@@ -18,6 +18,8 @@ from streams.settings import KafkaSettings
 
 # Below the broker's default largest record batch (message.max.bytes, 1 MiB).
 MAX_BATCH_BYTES = 1_000_000
+# Keys whose partition an outbox remembers, per topic (forgotten all at once beyond).
+KEY_PARTITIONS_CACHED = 1_000_000
 
 
 class Outbox:
@@ -36,6 +38,7 @@ class Outbox:
         self._producer: Any = None
         self._partitioner: Any = None
         self._partitions: dict[str, list[int]] = {}
+        self._key_partitions: dict[str, dict[bytes, int]] = {}
         self._open: dict[tuple[str, int], Any] = {}  # (topic, partition) -> BatchBuilder
         self._full: list[tuple[tuple[str, int], Any]] = []
         self._pending = 0
@@ -55,6 +58,7 @@ class Outbox:
         )
         self._partitioner = DefaultPartitioner()
         await self._producer.start()
+        self._key_partitions = {}
         for topic in topics:
             self._partitions[topic] = sorted(await self._producer.partitions_for(topic))
 
@@ -70,10 +74,20 @@ class Outbox:
 
     def partition_for(self, topic: str, key: bytes) -> int:
         """Kafka's default partition of ``key`` (murmur2), as faust and the Java client pick it."""
+        known = self._key_partitions.get(topic)
+        if known is not None:
+            partition = known.get(key)
+            if partition is not None:
+                return partition
         parts = self._partitions.get(topic)
         if not parts:
             raise RuntimeError(f"Outbox.start() was not told about topic {topic!r}")
-        return int(self._partitioner(key, parts, parts))
+        partition = int(self._partitioner(key, parts, parts))
+        # murmur2 is pure Python in aiokafka (~10 us): remember keys, which recur (user ids).
+        if known is None or len(known) >= KEY_PARTITIONS_CACHED:
+            known = self._key_partitions[topic] = {}
+        known[key] = partition
+        return partition
 
     def add(
         self,
