@@ -304,6 +304,14 @@ def worker_interests(
         str, typer.Option(help="Address of the metrics endpoint (0.0.0.0 in a container).")
     ] = "127.0.0.1",
     batch_size: Annotated[int, typer.Option(min=1, help="Most events per batch.")] = 10_000,
+    batch_within: Annotated[
+        float,
+        typer.Option(
+            min=0.001,
+            help="Longest a batch keeps filling while the consumer lags (s); a batch closes at "
+            "once when it holds every event the broker had.",
+        ),
+    ] = 1.0,
     max_parked_per_user: Annotated[
         int,
         typer.Option(
@@ -368,6 +376,7 @@ def worker_interests(
         metrics_port=metrics_port,
         metrics_host=metrics_host,
         batch_size=batch_size,
+        batch_within_s=batch_within,
         max_parked_per_user=max_parked_per_user,
         event_loop=event_loop.value,
         published_state=published_state.value,

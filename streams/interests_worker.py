@@ -2,7 +2,9 @@
 
 One faust app (``recstream worker interests``):
 
-- **agent on engagements** (keyed by user): takes events in batches, groups them by user,
+- **agent on engagements** (keyed by user): takes events in batches (``take_waiting``: a batch
+  closes once it holds every event the broker had, so a lagging worker takes big batches and
+  a caught-up one is not held by a timer), groups them by user,
   applies them to the user's ``InterestClusters`` with one item-vector lookup per batch, writes
   the user's state once per batch to the ``interests`` table (rocksdb store, changelog-backed)
   and publishes the user's interests to the compacted ``user-interests`` topic.
@@ -29,7 +31,8 @@ the user's last event before writing.
 
 Where the time goes (see README, Benchmarks): the engine (learn, summaries, state bytes) and
 faust's per-event consume path are most of it; records out are batched, the table stores
-write without a WAL and the loop is uvloop's.
+write without a WAL, the loop is uvloop's and full garbage collections walk only what is new
+(``streams.heap.FreezeSurvivors``).
 """
 
 from __future__ import annotations
@@ -155,7 +158,7 @@ class WorkerMetrics:
         self.batch_size = Histogram(
             "recstream_interest_batch_events",
             "Events per processed batch",
-            buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000),
+            buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000, 50000),
             registry=registry,
         )
         self.partitions = Gauge(

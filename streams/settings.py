@@ -27,7 +27,7 @@ only from the environment:
                                        Apache Kafka answers a fetch as soon as data
                                        arrives; the embedded broker answers a fetch over
                                        several partitions only at this deadline, so its
-                                       default (``EMBEDDED_ENV``) is 20 ms
+                                       default (``EMBEDDED_ENV``) is 50 ms
 ====================================  =============================================
 """
 
