@@ -893,9 +893,9 @@ def ward_labels(vectors: np.ndarray, threshold: float, max_clusters: int) -> np.
     np.maximum(d, 0.0, out=d)
     np.sqrt(d, out=d)
     tree = _ward_tree(d, n)
-    labels = _cut_at_height(tree, n, float(np.sqrt(2.0 * threshold)))
+    labels = _cut(tree, n, "distance", float(np.sqrt(2.0 * threshold)))
     if labels.max() > max_clusters:
-        labels = _cut_into(tree, n, max_clusters)
+        labels = _cut(tree, n, "maxclust", max_clusters)
     return labels.astype(np.int32)
 
 
@@ -920,21 +920,16 @@ def _ward_tree(distances: np.ndarray, n: int) -> np.ndarray:
     return np.asarray(_scipy_c.nn_chain(distances, n, _WARD_CODE))
 
 
-def _cut_at_height(tree: np.ndarray, n: int, height: float) -> np.ndarray:
-    """``fcluster(tree, t=height, criterion="distance")`` without its checks."""
+def _cut(tree: np.ndarray, n: int, criterion: str, t: float) -> np.ndarray:
+    """``fcluster(tree, t=t, criterion=criterion)`` for "distance" (cut at height ``t``) or
+    "maxclust" (at most ``t`` clusters), without its checks."""
     if _WARD_CODE is None:
-        return np.asarray(fcluster(tree, t=height, criterion="distance"))
+        return np.asarray(fcluster(tree, t=t, criterion=criterion))
     labels = np.zeros(n, dtype=np.int32)
-    _scipy_c.cluster_dist(tree, labels, height, n)
-    return labels
-
-
-def _cut_into(tree: np.ndarray, n: int, clusters: int) -> np.ndarray:
-    """``fcluster(tree, t=clusters, criterion="maxclust")`` without its checks."""
-    if _WARD_CODE is None:
-        return np.asarray(fcluster(tree, t=clusters, criterion="maxclust"))
-    labels = np.zeros(n, dtype=np.int32)
-    _scipy_c.cluster_maxclust_dist(tree, labels, n, clusters)
+    if criterion == "distance":
+        _scipy_c.cluster_dist(tree, labels, float(t), n)
+    else:
+        _scipy_c.cluster_maxclust_dist(tree, labels, n, int(t))
     return labels
 
 
