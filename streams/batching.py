@@ -38,16 +38,22 @@ async def take_waiting(stream: Any, max_: int, within: float) -> AsyncIterator[l
 
     def behind() -> bool:
         """Whether a partition read from has events the consumer has not fetched yet (a
-        partition revoked since is skipped; one reassigned later counts once read again)."""
+        partition revoked since is forgotten: if it comes back, it counts once read again)."""
+        revoked = []
+        lagging = False
         for tp, offset in fetched.items():
             try:
                 highwater = consumer.highwater(tp)
-            except Exception:  # revoked since: another worker's now
+            except Exception:  # not assigned to this consumer any more
+                revoked.append(tp)
                 continue
             # One offset short may be a transaction marker, which is never delivered.
             if highwater is not None and highwater > offset + 1:
-                return True
-        return False
+                lagging = True
+                break
+        for tp in revoked:
+            del fetched[tp]
+        return lagging
 
     async def add_to_batch(value: Any) -> Any:
         nonlocal consuming
