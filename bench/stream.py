@@ -213,7 +213,7 @@ async def _freshness(
             if delay > PUBLISH_TICK_S:
                 await asyncio.sleep(delay)
             sent[ev.event_id] = time.perf_counter()
-            # Queued for the network at once (linger 0); delivery is not awaited one by one.
+            # Queued (sent within the producer's 5 ms linger); delivery is not awaited one by one.
             await producer.send(ENGAGEMENTS.name, ev.to_json(), key=ev.key)
         await producer.flush()
         # A user's record names only the last event of its batch: wait for those.

@@ -29,7 +29,7 @@ async def take_waiting(stream: Any, max_: int, within: float) -> AsyncIterator[l
     if max_ < 1:
         raise ValueError(f"max_ must be at least 1: {max_}")
     events: list[Any] = []
-    ready = asyncio.Event()  # the batch can close (empty queue or full)
+    ready = asyncio.Event()  # the batch can close (it holds all that was waiting, or is full)
     taken = asyncio.Event()  # a full batch was handed over: the filler may go on
     consuming: asyncio.Future[None] | None = None
     queue = stream.channel.queue

@@ -26,7 +26,7 @@ Guarantee: at-least-once from Kafka, exactly-once in effect: each stored state c
 A batch's changelog and ``user-interests`` records go out through an ``Outbox`` (one record
 batch per partition) and are confirmed by the broker before the batch's offsets are acked,
 hence before faust can commit them. Table writes need faust's "current event" (it picks the
-changelog partition from it); a batch from ``take_events`` has none, so the agent sets it to
+changelog partition from it); a batch from ``take_waiting`` has none, so the agent sets it to
 the user's last event before writing.
 
 Where the time goes (see README, Benchmarks): the engine (learn, summaries, state bytes) and
@@ -420,9 +420,9 @@ class InterestsWorker:
             broker_commit_interval=cfg.commit_interval_s,
             consumer_auto_offset_reset="earliest",
             table_standby_replicas=0,
+            # faust's producer carries only dead letters and re-sent parked events (the Outbox
+            # carries the rest); parked events come in bursts when their item arrives.
             producer_linger_ms=5,
-            # A user-interests record with its state is ~2 KB: at aiokafka's 16 KB a partition's
-            # batch fills after a few users and each further send waits for a round trip.
             producer_max_batch_size=512 * 1024,
             # Big polls while catching up make big per-user batches: one state write per user.
             broker_max_poll_records=cfg.batch_size,
