@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import importlib
 import math
 import struct
 from collections import Counter, deque
@@ -160,13 +161,21 @@ def medoid_of(vectors: np.ndarray, ids: Sequence[str]) -> int:
     the smallest item id, so the answer does not depend on member order.
     """
     # np.mean's own steps (float64 sum, divided by the count) without its wrapper: same bits.
-    c = (np.add.reduce(vectors, axis=0, dtype=np.float64) / len(vectors)).astype(np.float32)
-    diff = vectors - c
-    d = np.einsum("ij,ij->i", diff, diff)
-    best = np.flatnonzero(d == d.min())
+    c = np.add.reduce(vectors, axis=0, dtype=np.float64)
+    c /= len(vectors)
+    diff = vectors - c.astype(np.float32)
+    # The minimum and its ties in Python: exact on the float32 distances (widening is exact),
+    # and cheaper than three numpy calls on a handful of members.
+    d = _c_einsum("ij,ij->i", diff, diff).tolist()
+    if math.isnan(sum(d)):  # a NaN (not from unit vectors): numpy's rules, as before
+        arr = np.asarray(d, dtype=diff.dtype)
+        best = np.flatnonzero(arr == arr.min()).tolist()
+    else:
+        low = min(d)
+        best = [i for i, v in enumerate(d) if v == low]
     if len(best) == 1:
-        return int(best[0])
-    return int(min(best, key=lambda i: ids[int(i)]))
+        return best[0]
+    return int(min(best, key=lambda i: ids[i]))
 
 
 class InterestClusters:
@@ -546,14 +555,17 @@ class InterestClusters:
             if members is None:
                 slots = self._live_slots()
                 members = slots[self._cl[slots] == j]
-            first: dict[str, int] = {}
-            for s in members.tolist():
-                first.setdefault(self._items[s] or "", s)
-            if len(first) == 1:  # one distinct item (a new interest): it is the medoid
-                medoid = next(iter(first))
-            else:
+            items = self._items
+            ids = [items[s] or "" for s in members.tolist()]
+            distinct = members
+            if len(set(ids)) < len(ids):  # repeats: each item once, at its first action
+                first: dict[str, int] = {}
+                for s, item in zip(members.tolist(), ids, strict=True):
+                    first.setdefault(item, s)
+                ids = list(first)
                 distinct = np.fromiter(first.values(), dtype=np.int64, count=len(first))
-                medoid = list(first)[medoid_of(self._vec[distinct], list(first))]
+            # One distinct item (a new interest) is its own medoid.
+            medoid = ids[0] if len(ids) == 1 else ids[medoid_of(self._vec[distinct], ids)]
             self._medoid_cache[j] = medoid
         return medoid
 
@@ -847,10 +859,25 @@ class InterestClusters:
             self._drop_clusters(empty)
 
 
+def _find_c_einsum() -> Callable[..., np.ndarray]:
+    """numpy's C einsum: what ``np.einsum`` calls (unchanged arguments) when not optimizing,
+    without its dispatch (~1.5 us a call, most of a small row's cost). Same kernel, same bits."""
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            found: Callable[..., np.ndarray] = importlib.import_module(module).c_einsum
+        except (ImportError, AttributeError):
+            continue
+        return found
+    return np.einsum
+
+
+_c_einsum = _find_c_einsum()
+
+
 def _row_sq(rows: np.ndarray) -> np.ndarray:
     """Squared norms of ``rows``: one einsum kernel, so a row's bits do not depend on how many
     rows are computed together (full recomputes and single dirty rows agree)."""
-    return np.einsum("ij,ij->i", rows, rows)
+    return _c_einsum("ij,ij->i", rows, rows)
 
 
 def _check_magic_and_version(blob: bytes) -> bool:
