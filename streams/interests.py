@@ -42,6 +42,7 @@ _MAGIC = b"RSIC"
 # A view: the same layout without cluster sums and remembered event ids (what readers need).
 _VIEW_MAGIC = b"RSIV"
 _NO_TS = np.iinfo(np.int64).max
+_TS_MIN = int(np.iinfo(np.int64).min)
 # magic, version, dim, actions, clusters, applied, newest ts, has-last, byte lengths of the
 # last event id, item ids and event ids.
 _HEADER = "<4sBHIHQqBIII"
@@ -201,8 +202,13 @@ class InterestClusters:
         self._free: list[int] = list(range(cap - 1, -1, -1))
         # Live slots (slot order, arrival order), cached until an action comes or goes.
         self._live: tuple[np.ndarray, np.ndarray] | None = None
+        # (the live pair they were made from, item ids in arrival order): see _live_item_ids.
+        self._item_ids: tuple[tuple[np.ndarray, np.ndarray], list[str]] | None = None
         # (the live pair it was made from, item ids joined): see _live_items.
         self._items_bytes: tuple[tuple[np.ndarray, np.ndarray], bytes] | None = None
+        # The newest arrival's ts while the live actions' ts never fall in arrival order (then
+        # newest first is reverse arrival, no sort); None once one came out of order.
+        self._ts_high: int | None = _TS_MIN
         # (ts, seq, slot) of every action, a min-heap: the next eviction is at the top. Entries
         # of slots freed otherwise (deletes) go stale and are dropped when they surface.
         self._order: list[tuple[int, int, int]] = []
@@ -339,6 +345,8 @@ class InterestClusters:
         repeat_of = self._items.index(item_id) if item_id in self._item_counts else -1
         slot = self._free.pop()
         self._live = None
+        if self._ts_high is not None:
+            self._ts_high = ts if ts >= self._ts_high else None
         self._items[slot] = item_id
         self._ts[slot] = ts
         self._seq[slot] = self._next_seq
@@ -420,6 +428,8 @@ class InterestClusters:
             self._free.append(slot)
             self._n -= 1
         self._live = None
+        if not self._n:
+            self._ts_high = _TS_MIN
         for j in touched:
             self._medoid_cache.pop(j, None)
         empty = [j for j in sorted(touched) if self._counts[j] == 0]
@@ -466,12 +476,22 @@ class InterestClusters:
     def _live_pair(self) -> tuple[np.ndarray, np.ndarray]:
         live = self._live
         if live is None:
-            by_slot = np.flatnonzero(self._ts != _NO_TS)
+            by_slot = (self._ts != _NO_TS).nonzero()[0]  # np.flatnonzero without its wrapper
             by_arrival = by_slot[np.argsort(self._seq[by_slot], kind="stable")]
             by_slot.flags.writeable = False
             by_arrival.flags.writeable = False
             live = self._live = (by_slot, by_arrival)
         return live
+
+    def _live_item_ids(self) -> list[str]:
+        """The live actions' item ids in arrival order (cached with the live slots, read-only:
+        serialization and the recent members both need them)."""
+        live = self._live_pair()
+        cached = self._item_ids
+        if cached is None or cached[0] is not live:
+            items = self._items
+            cached = self._item_ids = (live, [items[s] or "" for s in live[1].tolist()])
+        return cached[1]
 
     def _live_items(self) -> bytes:
         """The live actions' item ids in arrival order, newline-joined (cached with the live
@@ -479,10 +499,19 @@ class InterestClusters:
         live = self._live_pair()
         cached = self._items_bytes
         if cached is None or cached[0] is not live:
-            items = self._items
-            joined = "\n".join([items[s] or "" for s in live[1].tolist()]).encode()
-            cached = self._items_bytes = (live, joined)
+            cached = self._items_bytes = (live, "\n".join(self._live_item_ids()).encode())
         return cached[1]
+
+    def _check_ts_order(self) -> None:
+        """Sets ``_ts_high`` from the live actions (after a reload, or to notice that the
+        actions that came out of order have left)."""
+        ts = self._ts[self._live_slots()]
+        if not len(ts):
+            self._ts_high = _TS_MIN
+        elif bool((ts[1:] >= ts[:-1]).all()):
+            self._ts_high = int(ts[-1])
+        else:
+            self._ts_high = None
 
     def recluster(self) -> None:
         """Full Ward agglomerative clustering of the kept actions, cut at ``merge_threshold``.
@@ -493,6 +522,8 @@ class InterestClusters:
         if self._n == 0:
             return
         assert self._vec is not None
+        if self._ts_high is None:
+            self._check_ts_order()  # rare enough here to look again
         slots = self._live_slots()
         items = [self._items[s] or "" for s in slots]
         first_slot: dict[str, int] = {}
@@ -536,11 +567,15 @@ class InterestClusters:
         self._reset()
 
     # -- queries --------------------------------------------------------------------------
-    def _importances(self, now_ms: int) -> np.ndarray:
+    def _importances(self, now_ms: int, cl: np.ndarray | None = None) -> np.ndarray:
+        """``cl``: the live actions' clusters in slot order, when the caller has them."""
         live = self._live_in_slot_order()
         age_days = np.maximum(now_ms - self._ts[live], 0) / DAY_MS
-        contrib = self._w[live].astype(np.float64) * np.exp(-self.config.decay_per_day * age_days)
-        return np.bincount(self._cl[live], weights=contrib, minlength=len(self._counts))
+        # float32 weights times float64 decays: numpy widens them (exactly) in the multiply.
+        contrib = self._w[live] * np.exp(-self.config.decay_per_day * age_days)
+        if cl is None:
+            cl = self._cl[live]
+        return np.bincount(cl, weights=contrib, minlength=len(self._counts))
 
     def importances(self, now_ms: int) -> np.ndarray:
         """Importance of every cluster (creation order) at ``now_ms``."""
@@ -577,16 +612,22 @@ class InterestClusters:
     ) -> dict[int, tuple[str, ...]]:
         """Each cluster's distinct items, newest action first, at most ``limit``: one pass
         over all actions, newest first (not a sort per cluster)."""
-        live = self._live_in_slot_order()
-        newest = live[np.lexsort((-self._seq[live], -self._ts[live]))]
+        arrival = self._live_slots()
+        if self._ts_high is not None:  # ts never fall in arrival order: newest is last
+            newest = arrival[::-1]
+            ids = self._live_item_ids()[::-1]
+        else:  # by ts, newest first; ts ties keep reverse arrival (the later action first)
+            backwards = arrival[::-1]
+            newest = backwards[np.argsort(-self._ts[backwards], kind="stable")]
+            items = self._items
+            ids = [items[s] or "" for s in newest.tolist()]
         recent: dict[int, dict[str, None]] = {j: {} for j in clusters}
         unfilled = len(recent)
-        items = self._items
-        for slot, j in zip(newest.tolist(), self._cl[newest].tolist(), strict=True):
+        for item, j in zip(ids, self._cl[newest].tolist(), strict=True):
             got = recent.get(j)
             if got is None or len(got) == limit:
                 continue
-            got[items[slot] or ""] = None
+            got[item] = None
             if len(got) == limit:
                 unfilled -= 1
                 if not unfilled:
@@ -641,10 +682,10 @@ class InterestClusters:
         member arrays; medoids come from the cache when unchanged)."""
         if k <= 0 or self._n == 0:
             return []
-        imp = self._importances(now_ms)
+        cl = self._cl[self._live_in_slot_order()]
+        imp = self._importances(now_ms, cl)
         order = np.argsort(-imp, kind="stable")[:k].tolist()
-        sizes = np.bincount(self._cl[self._live_in_slot_order()], minlength=len(self._counts))
-        sizes = sizes.tolist()
+        sizes = np.bincount(cl, minlength=len(self._counts)).tolist()
         recent = self._recent_items(order, members)
         return [
             InterestSummary(self._medoid_id(j), float(imp[j]), sizes[j], recent[j]) for j in order
@@ -824,6 +865,7 @@ class InterestClusters:
         state._live = None
         state._order = [(int(state._ts[s]), int(state._seq[s]), s) for s in state._live_slots()]
         heapq.heapify(state._order)
+        state._check_ts_order()
         if missing or view:
             # A gone item: drop its actions and rebuild the affected cluster sums exactly (a
             # view: rebuild them all).
