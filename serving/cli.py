@@ -303,7 +303,7 @@ def worker_interests(
     metrics_host: Annotated[
         str, typer.Option(help="Address of the metrics endpoint (0.0.0.0 in a container).")
     ] = "127.0.0.1",
-    batch_size: Annotated[int, typer.Option(min=1, help="Most events per batch.")] = 10_000,
+    batch_size: Annotated[int, typer.Option(min=1, help="Most events per batch.")] = 50_000,
     batch_within: Annotated[
         float,
         typer.Option(
@@ -311,7 +311,7 @@ def worker_interests(
             help="Longest a batch keeps filling while the consumer lags (s); a batch closes at "
             "once when it holds every event the broker had.",
         ),
-    ] = 1.0,
+    ] = 5.0,
     max_parked_per_user: Annotated[
         int,
         typer.Option(

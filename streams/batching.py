@@ -8,9 +8,16 @@ event by ``within``. ``take_waiting`` closes a batch as soon as it holds every e
 broker had: the stream's queue is empty and no partition the batch read from has more events
 than were fetched (its high watermark). ``max_`` and ``within`` stay as bounds.
 
+A caller may leave part of a batch undone (a rebalance began: the partitions' next owners will
+do it) by removing those events from the list before asking for the next one: only what is
+left in the list is acked.
+
 It follows ``take_events`` (faust-streaming 0.11 to 0.15) closely, on the same stream
 internals: a processor fills the buffer while the stream is drained passively, events are
-acked once the caller is done with their batch.
+acked once the caller is done with their batch. Unlike ``take_events``, the next batch fills
+while the caller works on the current one (at the caller's awaits): a caller that awaits
+other processes (the interests worker's engine) keeps consuming meanwhile. At most two
+batches are held: one being worked on, one filling.
 """
 
 from __future__ import annotations
@@ -24,14 +31,14 @@ async def take_waiting(stream: Any, max_: int, within: float) -> AsyncIterator[l
     """Yield lists of the faust ``Event``s of ``stream``: a list closes when it holds every
     event the broker had (the stream's queue is empty and the partitions read are at their
     high watermarks), when it holds ``max_`` events, or ``within`` seconds after the previous
-    list was handed over. The events of a list are acked when the caller asks for the next
-    one."""
+    list was handed over. The next list fills while the caller works on one. The events left in
+    a list are acked when the caller asks for the next one (a caller removes the events it did
+    not handle)."""
     if max_ < 1:
         raise ValueError(f"max_ must be at least 1: {max_}")
     events: list[Any] = []
     ready = asyncio.Event()  # the batch can close (it holds all that was waiting, or is full)
     taken = asyncio.Event()  # a full batch was handed over: the filler may go on
-    consuming: asyncio.Future[None] | None = None
     queue = stream.channel.queue
     consumer = stream.app.consumer
     fetched: dict[Any, int] = {}  # partition -> next offset after the events read from it
@@ -56,12 +63,6 @@ async def take_waiting(stream: Any, max_: int, within: float) -> AsyncIterator[l
         return lagging
 
     async def add_to_batch(value: Any) -> Any:
-        nonlocal consuming
-        if consuming is not None:  # the caller holds a batch: this event opens the next
-            try:
-                await consuming
-            finally:
-                consuming = None
         event = stream.current_event
         if event is None:
             raise RuntimeError("take_waiting found no current event")
@@ -80,23 +81,28 @@ async def take_waiting(stream: Any, max_: int, within: float) -> AsyncIterator[l
     stream.enable_acks = False  # acked here, once the caller is done with the batch
     stream.add_processor(add_to_batch)
     stream._enable_passive(stream.channel)
+    loop = asyncio.get_running_loop()
+    handed_at = loop.time()
     try:
         while not stream.should_stop:
-            await stream.wait_for_stopped(ready, timeout=within)
+            # ``within`` counts from the previous hand-over: a caller that worked longer gets
+            # what filled meanwhile at once.
+            timeout = max(handed_at + within - loop.time(), 0.0)
+            await stream.wait_for_stopped(ready, timeout=timeout)
             ready.clear()
             if not events:
+                if timeout == 0.0:
+                    handed_at = loop.time()  # nothing came: wait a whole ``within`` again
                 continue
-            consuming = asyncio.get_running_loop().create_future()
             batch = list(events)
+            events.clear()
+            handed_at = loop.time()
+            taken.set()  # the filler goes on with the next batch
             try:
                 yield batch
             finally:
-                events.clear()
                 for event in batch:
                     await stream.ack(event)
-                if not consuming.done():
-                    consuming.set_result(None)
-                taken.set()
     finally:
         stream.enable_acks = acks
         stream._processors.remove(add_to_batch)

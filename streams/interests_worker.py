@@ -4,10 +4,13 @@ One faust app (``recstream worker interests``):
 
 - **agent on engagements** (keyed by user): takes events in batches (``take_waiting``: a batch
   closes once it holds every event the broker had, so a lagging worker takes big batches and
-  a caught-up one is not held by a timer), groups them by user,
-  applies them to the user's ``InterestClusters`` with one item-vector lookup per batch, writes
-  the user's state once per batch to the ``interests`` table (rocksdb store, changelog-backed)
-  and publishes the user's interests to the compacted ``user-interests`` topic.
+  a caught-up one is not held by a timer; the next batch fills while one is worked on), groups
+  them by user, and sends each user's events with their item vectors to the **engine process**
+  (``streams.engine_process``: the users' ``InterestClusters`` live in a child process, so the
+  engine's numpy work and faust's consume path run on two cores), in chunks of users. It writes
+  each changed state once per batch to the ``interests`` table (rocksdb store,
+  changelog-backed) and publishes the user's interests to the compacted ``user-interests``
+  topic.
 - **item feed** (a task): every worker reads *all* partitions of ``item-embeddings`` into a
   local RocksDB item store (with an LRU in front), so any worker can look up any item. The
   agent starts only once the feed has caught up with the topic ends seen at start.
@@ -25,14 +28,15 @@ Guarantee: at-least-once from Kafka, exactly-once in effect: each stored state c
 (partition, offset) of the last engagement it holds, and the engine skips event ids it applied.
 A batch's changelog and ``user-interests`` records go out through an ``Outbox`` (one record
 batch per partition) and are confirmed by the broker before the batch's offsets are acked,
-hence before faust can commit them. Table writes need faust's "current event" (it picks the
-changelog partition from it); a batch from ``take_waiting`` has none, so the agent sets it to
-the user's last event before writing.
+hence before faust can commit them. A rebalance cuts a batch short between two chunks; what
+is left is not acked and comes again after the rebalance (``InterestsWorker.process``). Table
+writes need faust's "current event" (it picks the changelog partition from it); a batch from
+``take_waiting`` has none, so the agent sets it to the user's last event before writing.
 
-Where the time goes (see README, Benchmarks): the engine (learn, summaries, state bytes) and
-faust's per-event consume path are most of it; records out are batched, the table stores
-write without a WAL, the loop is uvloop's and full garbage collections walk only what is new
-(``streams.heap.FreezeSurvivors``).
+Where the time goes (see README, Benchmarks): faust's per-event consume path on this process's
+core, the engine (learn, summaries, state bytes) on the engine process's; records out are
+batched, the table stores write without a WAL, the loop is uvloop's and full garbage
+collections walk only what is new (``streams.heap.FreezeSurvivors``).
 """
 
 from __future__ import annotations
@@ -49,13 +53,25 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from stores.kv import CachedItemVectors, StateDB
 from streams.batching import take_waiting
+from streams.engine_process import (
+    FORGET,
+    PUBLISHED_STATES,
+    Batch,
+    EngineProcess,
+    EngineProcessError,
+    HeldUsers,
+    Learn,
+    Publishing,
+    UserJob,
+    UserResult,
+)
 from streams.heap import FreezeSurvivors
 from streams.interests import InterestClusters, InterestConfig
 from streams.outbox import Outbox
@@ -65,7 +81,6 @@ from streams.schemas import (
     ItemEmbedding,
     UserDeleted,
     decode_for_topic,
-    user_interests_json,
 )
 from streams.settings import KafkaSettings
 from streams.topics import (
@@ -81,7 +96,6 @@ log = logging.getLogger(__name__)
 
 APP_ID = "recstream-interests"
 EVENT_LOOPS = ("uvloop", "asyncio")
-PUBLISHED_STATES = ("view", "full", "none")
 # Table values: (partition, offset) of the user's last processed engagement, then the state.
 STATE_POSITION = struct.Struct("<iq")
 
@@ -94,8 +108,11 @@ class InterestsWorkerConfig:
     data_dir: Path = Path("data/interests-worker")
     # A batch closes once it holds every event the broker had, at batch_size events, or
     # batch_within_s after the previous batch (see streams.batching.take_waiting).
-    batch_size: int = 10_000
-    batch_within_s: float = 1.0
+    batch_size: int = 50_000
+    batch_within_s: float = 5.0
+    # Users per request to the engine process; one request is worked on while the next is
+    # prepared and the previous one's results are written.
+    chunk_users: int = 1_000
     state_cache_users: int = 20_000
     item_cache_vectors: int = 100_000
     max_parked_per_user: int = 1_000
@@ -122,6 +139,33 @@ class InterestsWorkerConfig:
             raise ValueError(f"event_loop must be uvloop or asyncio: {self.event_loop!r}")
         if self.full_gc_every_s < 0 or self.batch_within_s <= 0:
             raise ValueError("full_gc_every_s must be >= 0 and batch_within_s > 0")
+        if self.chunk_users < 1 or self.state_cache_users < 1:
+            raise ValueError("chunk_users and state_cache_users must be >= 1")
+
+    @property
+    def publishing(self) -> Publishing:
+        return Publishing(self.published_interests, self.published_members, self.published_state)
+
+
+class _Planned(NamedTuple):
+    """One user's part of a chunk, as planned by the worker (see ``UserJob``)."""
+
+    user_id: str
+    events: list[Any]  # the faust events
+    stored: bytes | None
+    fresh: bool
+    ops: list[Learn | None]
+    redelivered: bool
+    position: tuple[int, int] | None  # of the user's last engagement in this chunk
+
+
+class _Chunk(NamedTuple):
+    """A request to the engine process in flight."""
+
+    planned: list[_Planned]
+    results: asyncio.Future[list[UserResult]]
+    outcomes: Tally[str]  # of the events not sent (redeliveries, parked, user deletions)
+    sent: float  # perf_counter
 
 
 class WorkerMetrics:
@@ -159,6 +203,16 @@ class WorkerMetrics:
             "recstream_interest_batch_events",
             "Events per processed batch",
             buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000, 50000),
+            registry=registry,
+        )
+        self.consuming_since = Gauge(
+            "recstream_interest_consuming_since_seconds",
+            "When the agent could first take engagements (unix time; feed loaded, partitions in)",
+            registry=registry,
+        )
+        self.deferred = Counter(
+            "recstream_interest_deferred_events_total",
+            "Events of a batch left to the next partition owner because a rebalance began",
             registry=registry,
         )
         self.partitions = Gauge(
@@ -385,6 +439,27 @@ async def _caught_up(consumer: Any, tps: Sequence[Any], end: dict[Any, int]) -> 
     return True
 
 
+def ackable(events: Sequence[Any], undone: Sequence[Any]) -> list[Any]:
+    """The ``events`` (faust ``Event`` objects) that may be acked when ``undone`` were not
+    handled: in each partition, those before its first undone event.
+
+    faust commits an offset once the events before it are acked, but passes over a one-offset
+    gap (it may be a transaction marker), so acking beyond an undone event could commit it.
+    Handled events left unacked come again and are dropped as redeliveries.
+    """
+    first_undone: dict[Any, int] = {}
+    for event in undone:
+        tp, offset = event.message.tp, event.message.offset
+        if tp not in first_undone or offset < first_undone[tp]:
+            first_undone[tp] = offset
+    return [
+        event
+        for event in events
+        if event.message.tp not in first_undone
+        or event.message.offset < first_undone[event.message.tp]
+    ]
+
+
 class InterestsWorker:
     """The faust app and the logic of its agents (see the module docstring)."""
 
@@ -453,7 +528,10 @@ class InterestsWorker:
         self.parked.on_recover(self._on_parked_recovered)
         self.items_db = StateDB(cfg.data_dir / "items")
         self.feed = ItemFeed(settings, self.items_db, cfg.item_cache_vectors)
-        self._cache: OrderedDict[str, InterestClusters] = OrderedDict()
+        # Which users the engine process holds (it keeps the same least-recently-used set).
+        self._held = HeldUsers(cfg.state_cache_users)
+        self._sent_deleted: set[str] = set()  # feed.deleted as the engine process knows it
+        self._engine: EngineProcess | None = None
         # (partition, offset) of the last engagement each cached user's stored state reflects.
         self._positions: dict[str, tuple[int, int]] = {}
         # Next engagement offset to process, per partition (for the lag gauge).
@@ -463,20 +541,36 @@ class InterestsWorker:
         self._parked_index: dict[str, set[str]] | None = None
         self._parked_users: set[str] | None = None
         self._parked_count = 0
+        self._agent_ready = self._assigned = self._consuming = False
         self.app.agent(self.engagements, name="interests")(self._agent)
         self.app.task(self._feed_task)
         self.app.timer(2.0)(self._housekeeping)
         self.app.on_partitions_revoked.connect(cast(Any, self._on_revoked))
         self.app.on_rebalance_complete.connect(cast(Any, self._rewind_uncommitted))
 
+    @property
+    def engine(self) -> EngineProcess:
+        if self._engine is None:
+            raise RuntimeError("the engine process runs only while the worker runs")
+        return self._engine
+
     # -- faust wiring -------------------------------------------------------------------
 
     async def _feed_task(self) -> None:
         await self.feed.run()
 
+    def _mark_consuming(self) -> None:
+        """Set the consuming-since gauge once: when the agent is ready (item feed loaded) and
+        the first partitions are assigned, whichever comes last."""
+        if self._agent_ready and self._assigned and not self._consuming:
+            self._consuming = True
+            self.metrics.consuming_since.set_to_current_time()
+
     async def _on_revoked(self, app: Any, *args: Any, **kwargs: Any) -> None:
         # Another worker may own these users next: forget what we cached about them.
-        self._cache.clear()
+        self._held.clear()
+        if self._engine is not None:
+            await self._engine.clear()
         self._positions.clear()
         self._next_offset.clear()
         self._parked_index = None
@@ -490,6 +584,8 @@ class InterestsWorker:
         prefetched records themselves are dropped with the old generation (faust-streaming
         #216). Those events would be skipped for good; this runs just before faust's seek.
         """
+        self._assigned = True
+        self._mark_consuming()
         consumer: Any = self.app.consumer
         # faust fixes the fetch wait at 1.5 s; the embedded broker waits it out (see settings).
         consumer._thread._ensure_consumer()._fetcher._fetch_max_wait_ms = (
@@ -505,13 +601,27 @@ class InterestsWorker:
     async def _agent(self, stream: Any) -> None:
         await self.feed.ready.wait()
         await self.outbox.start([USER_INTERESTS.name])
+        self._agent_ready = True
+        self._mark_consuming()
         try:
             async for events in take_waiting(
                 stream, self.config.batch_size, self.config.batch_within_s
             ):
                 self.metrics.batch_size.observe(len(events))
-                await self.process(events)
+                try:
+                    undone = await self.process(events)
+                except EngineProcessError as exc:
+                    # No state can be applied without it: stop the worker (a supervisor starts
+                    # it again; nothing unconfirmed was acked).
+                    log.critical("%s: stopping the worker", exc)
+                    await self.app.crash(exc)
+                    raise
                 await self._confirm_delivery()
+                if undone:
+                    # Not acked, so not committed: the rebalance seeks every partition back to
+                    # its committed offset and they come again, to whoever owns them then.
+                    events[:] = ackable(events, undone)
+                    self.metrics.deferred.inc(len(undone))
                 await self._update_lag()
         finally:
             await self.outbox.stop()
@@ -550,13 +660,35 @@ class InterestsWorker:
 
     # -- processing ---------------------------------------------------------------------
 
-    async def process(self, events: Sequence[Any]) -> None:
-        """Apply one batch of engagement-topic events (faust ``Event`` objects)."""
-        from faust.streams import _current_event
+    async def process(self, events: Sequence[Any]) -> list[Any]:
+        """Apply one batch of engagement-topic events (faust ``Event`` objects); returns those
+        left undone because a rebalance began.
 
+        Users go to the engine process in chunks, the next chunk sent before the previous one's
+        results are written, so the engine and this event loop (which meanwhile runs faust's
+        consume path for the next events) work at once.
+
+        A rebalance stops a batch between two chunks: faust counts it (in its consumer thread)
+        before it revokes anything. A chunk whose results come back after the count changed is
+        dropped (and the engine process forgets every state), so nothing is written here after
+        this worker may have let its partitions go. A batch taken while a rebalance holds the
+        flow (its events were fetched before the revocation), and events of an older consumer
+        generation, are left undone too: faust skips such events in its own buffers. Every
+        rebalance ends by seeking the partitions to their committed offsets, so the undone
+        events come again.
+        """
+        app = self.app
+        rebalances = app.rebalancing_count
+        if not app.flow_control.is_active():
+            return list(events)
+        generation = app.consumer_generation_id
+        undone: list[Any] = []
         per_user: OrderedDict[str, list[tuple[Any, Any]]] = OrderedDict()
         for ev in events:
             msg = ev.message
+            if msg.generation_id != generation:
+                undone.append(ev)
+                continue
             self._next_offset[msg.partition] = max(
                 self._next_offset.get(msg.partition, 0), msg.offset + 1
             )
@@ -566,41 +698,144 @@ class InterestsWorker:
                 await self._dead_letter(ev.value, exc.reason, msg.partition, msg.offset, msg.key)
                 continue
             per_user.setdefault(decoded.user_id, []).append((ev, decoded))
-        if not per_user:
-            return
-        item_ids = list(
-            dict.fromkeys(
-                d.item_id for evs in per_user.values() for _, d in evs if isinstance(d, Engagement)
-            )
-        )
-        found, matrix = self.feed.lookup(item_ids)
-        vectors = dict(zip(found, matrix, strict=True))
+        users = list(per_user.items())
         outcomes: Tally[str] = Tally()
-        observe = self.metrics.update_latency.observe
-        for user_id, user_events in per_user.items():
-            started = time.perf_counter()
-            _current_event.set(weakref.ref(user_events[-1][0]))
-            await self._apply_user(user_id, user_events, vectors, outcomes)
-            observe(time.perf_counter() - started)
+        in_flight: _Chunk | None = None
+        try:
+            for start in range(0, len(users), self.config.chunk_users):
+                if app.rebalancing_count != rebalances:
+                    for _, evs in users[start:]:
+                        undone.extend(event for event, _ in evs)
+                    break
+                chunk = await self._send_chunk(users[start : start + self.config.chunk_users])
+                if in_flight is not None:
+                    undone.extend(await self._finish_chunk(in_flight, rebalances, outcomes))
+                in_flight = chunk
+            if in_flight is not None:
+                undone.extend(await self._finish_chunk(in_flight, rebalances, outcomes))
+                in_flight = None
+        finally:
+            if in_flight is not None:  # an error: let the chunk in flight end before going on
+                await asyncio.gather(in_flight.results, return_exceptions=True)
         for outcome, n in outcomes.items():
             self.metrics.events.labels(outcome).inc(n)
+        return undone
 
-    async def _apply_user(
+    async def _send_chunk(self, users: list[tuple[str, list[tuple[Any, Any]]]]) -> _Chunk:
+        """Plan each user's job and send them all to the engine process."""
+        from faust.streams import _current_event
+
+        item_ids = dict.fromkeys(
+            d.item_id for _, evs in users for _, d in evs if isinstance(d, Engagement)
+        )
+        found, matrix = self.feed.lookup(list(item_ids))
+        vectors: dict[str, np.ndarray] = dict(zip(found, matrix, strict=True))
+        planned: list[_Planned] = []
+        outcomes: Tally[str] = Tally()
+        for user_id, user_events in users:
+            # faust picks a table write's changelog partition from the current event.
+            _current_event.set(weakref.ref(user_events[-1][0]))
+            planned.append(await self._plan_user(user_id, user_events, vectors, outcomes))
+        ids = list(vectors)
+        rows = {item: i for i, item in enumerate(ids)}
+        stacked = np.stack(list(vectors.values())) if ids else np.zeros((0, 0), dtype=np.float32)
+        jobs = [
+            UserJob(
+                plan.user_id,
+                plan.stored,
+                plan.fresh,
+                [op if op is FORGET else op._replace(row=rows[op.item_id]) for op in plan.ops],
+                plan.redelivered,
+            )
+            for plan in planned
+        ]
+        deleted, undeleted = self._deleted_since_sent()
+        sent = time.perf_counter()
+        results = self.engine.apply(Batch(jobs, ids, stacked, deleted, undeleted))
+        return _Chunk(planned, results, outcomes, sent)
+
+    async def _finish_chunk(
+        self, chunk: _Chunk, rebalances: int, outcomes: Tally[str]
+    ) -> list[Any]:
+        """Write a chunk's results (table, records out); returns its events if a rebalance
+        began meanwhile (nothing written then)."""
+        from faust.streams import _current_event
+
+        results = await chunk.results
+        if self.app.rebalancing_count != rebalances:
+            # Possibly revoked while the engine worked: forget what it learned; all of it
+            # comes again after the rebalance.
+            self._held.clear()
+            self._positions.clear()
+            await self.engine.clear()
+            return [event for plan in chunk.planned for event in plan.events]
+        outcomes.update(chunk.outcomes)
+        observe = self.metrics.update_latency.observe
+        for plan, result in zip(chunk.planned, results, strict=True):
+            applied = sum(result.learned)
+            outcomes["applied"] += applied
+            outcomes["duplicate"] += len(result.learned) - applied
+            if result.blob is None and not result.empty:
+                continue  # nothing changed
+            _current_event.set(weakref.ref(plan.events[-1]))
+            user_id = plan.user_id
+            if result.empty:
+                self._held.drop(user_id)
+                self._positions.pop(user_id, None)
+                if user_id in self.states:
+                    del self.states[user_id]
+                self.outbox.add(USER_INTERESTS.name, user_id.encode(), None)
+                continue
+            assert result.blob is not None and plan.position is not None
+            self.states[user_id] = STATE_POSITION.pack(*plan.position) + result.blob
+            # Sent with the batch's other records by _confirm_delivery.
+            self.outbox.add(USER_INTERESTS.name, user_id.encode(), result.record)
+        latency = time.perf_counter() - chunk.sent
+        for _ in chunk.planned:
+            observe(latency)
+        return []
+
+    def _deleted_since_sent(self) -> tuple[list[str], list[str]]:
+        """Items deleted, and deleted items back, since the engine process last heard."""
+        now, sent = self.feed.deleted, self._sent_deleted
+        if now == sent:
+            return [], []
+        deleted, undeleted = list(now - sent), list(sent - now)
+        self._sent_deleted = set(now)
+        return deleted, undeleted
+
+    async def _plan_user(
         self,
         user_id: str,
         events: list[tuple[Any, Any]],
         vectors: dict[str, np.ndarray],
         outcomes: Tally[str],
-    ) -> None:
-        """Apply one user's (faust event, decoded event) pairs of a batch, in order, counting
-        what became of each in ``outcomes``."""
-        state = self._state(user_id)
+    ) -> _Planned:
+        """Decide what of one user's (faust event, decoded event) pairs of a batch goes to the
+        engine (in order), counting the others in ``outcomes``: redeliveries, parked events,
+        user deletions. Adds the vectors the job needs to ``vectors``."""
+        held, evicted = self._held.touch(user_id)
+        for gone in evicted:
+            self._positions.pop(gone, None)
+        stored: bytes | None = None
+        fresh = False
+        if not held:
+            row = self.states.get(user_id)
+            if row is None:
+                fresh = True
+                self._positions.pop(user_id, None)
+            else:
+                self._positions[user_id] = STATE_POSITION.unpack_from(row)
+                stored = row[STATE_POSITION.size :]
+                # Items gone from the store (deleted) are left out: the state drops them.
+                missing = [i for i in InterestClusters.items_in(stored) if i not in vectors]
+                found, matrix = self.feed.lookup(missing)
+                vectors.update(zip(found, matrix, strict=True))
         applied_at = self._positions.get(user_id)
         parked = self._parked_of(user_id)
         parked_before = len(parked)
-        deleted_user = False
-        changed = False
         redelivered = False
+        ops: list[Learn | None] = []
         for event, ev in events:
             position = (event.message.partition, event.message.offset)
             if (
@@ -615,26 +850,23 @@ class InterestsWorker:
                 continue
             applied_at = position
             if isinstance(ev, UserDeleted):
-                state.forget()
+                ops.append(FORGET)
                 parked.clear()
-                deleted_user, changed = True, True
                 outcomes["user_deleted"] += 1
                 continue
-            deleted_user = False
             if is_resent(event.message.headers) and ev.event_id not in parked:
                 # A parked event re-sent on its item's arrival that is no longer parked: it was
                 # applied already (re-sent twice around a crash). Event ids alone would not do.
                 outcomes["duplicate"] += 1
                 continue
-            vec = vectors.get(ev.item_id)
-            if vec is None:
+            if ev.item_id not in vectors:
                 # It may have arrived since the batch lookup; its arrival may even have been
                 # handled already, so parking it now would leave it parked for good.
                 found, matrix = self.feed.lookup([ev.item_id])
                 if found:
-                    vec = vectors[ev.item_id] = matrix[0]
+                    vectors[ev.item_id] = matrix[0]
             parked.pop(ev.event_id, None)
-            if vec is None:
+            if ev.item_id not in vectors:
                 # Park and index with no await in between (the feed task runs at awaits).
                 parked[ev.event_id] = ev.to_json().decode()
                 self._index_parked(ev.item_id, user_id)
@@ -650,15 +882,7 @@ class InterestsWorker:
                         user_id.encode(),
                     )
                 continue
-            if state.learn_one(ev, vec):
-                changed = True
-                outcomes["applied"] += 1
-            else:
-                outcomes["duplicate"] += 1
-        # Lazy deletes: items deleted since this user's state last saw them.
-        if self.feed.deleted:
-            for item_id in [i for i in state.seen_items if i in self.feed.deleted]:
-                changed = state.forget_item(item_id) or changed
+            ops.append(Learn(ev.event_id, ev.item_id, ev.action, ev.weight, ev.ts, -1))
         if len(parked) != parked_before or parked:
             self._parked_count += len(parked) - parked_before
             self.metrics.parked.set(max(self._parked_count, 0))
@@ -670,65 +894,10 @@ class InterestsWorker:
                 del self.parked[user_id]
                 if self._parked_users is not None:
                     self._parked_users.discard(user_id)
-        self._positions[user_id] = applied_at  # type: ignore[assignment]
-        if not changed and not redelivered:
-            return
-        # After a redelivery the state may be unchanged yet its record never published (killed
-        # between the table write and the send): publish again, records are idempotent.
-        if deleted_user or state.n_actions == 0:
-            if user_id in self.states:
-                del self.states[user_id]
-            self._positions.pop(user_id, None)
-            self._cache.pop(user_id, None)
-            self.outbox.add(USER_INTERESTS.name, user_id.encode(), None)
-            return
-        blob = state.to_bytes()
-        self.states[user_id] = STATE_POSITION.pack(*applied_at) + blob  # type: ignore[misc]
-        value = self.interests_json(user_id, state, blob)
-        # Sent with the batch's other records by _confirm_delivery.
-        self.outbox.add(USER_INTERESTS.name, user_id.encode(), value)
-
-    def interests_json(self, user_id: str, state: InterestClusters, blob: bytes) -> bytes:
-        """The user's ``user-interests`` record (``UserInterests`` JSON); ``blob`` is the
-        state's ``to_bytes``."""
-        now = state.last_ts
-        return user_interests_json(
-            user_id=user_id,
-            interests=state.summaries(
-                self.config.published_interests, now, members=self.config.published_members
-            ),
-            n_actions=state.n_actions,
-            last_event_id=state.last_event_id,
-            last_event_ts=now,
-            updated_ms=int(time.time() * 1000),
-            state=self._published_state(state, blob),
-        )
-
-    def _published_state(self, state: InterestClusters, blob: bytes) -> bytes | None:
-        kind = self.config.published_state
-        if kind == "view":
-            return state.to_bytes(view=True)
-        return blob if kind == "full" else None
-
-    def _state(self, user_id: str) -> InterestClusters:
-        state = self._cache.get(user_id)
-        if state is not None:
-            self._cache.move_to_end(user_id)
-            return state
-        stored = self.states.get(user_id)
-        if stored is None:
-            state = InterestClusters(self.config.engine)
-            self._positions.pop(user_id, None)
-        else:
-            self._positions[user_id] = STATE_POSITION.unpack_from(stored)
-            state = InterestClusters.from_bytes(
-                stored[STATE_POSITION.size :], self.feed.lookup, config=self.config.engine
-            )
-        self._cache[user_id] = state
-        while len(self._cache) > self.config.state_cache_users:
-            evicted, _ = self._cache.popitem(last=False)
-            self._positions.pop(evicted, None)
-        return state
+        if applied_at is not None:
+            self._positions[user_id] = applied_at
+        faust_events = [event for event, _ in events]
+        return _Planned(user_id, faust_events, stored, fresh, ops, redelivered, applied_at)
 
     def _parked_of(self, user_id: str) -> dict[str, str]:
         if self._parked_users is not None and user_id not in self._parked_users:
@@ -844,6 +1013,8 @@ class InterestsWorker:
             start_http_server(self.config.metrics_port, addr=self.config.metrics_host)
         use_event_loop(self.config.event_loop)
         worker = faust.Worker(self.app, loglevel=loglevel, quiet=True)
+        cfg = self.config
+        self._engine = EngineProcess(cfg.engine, cfg.publishing, cfg.state_cache_users)
         heap = FreezeSurvivors(self.config.full_gc_every_s) if self.config.full_gc_every_s else None
         if heap is not None:
             heap.install()
@@ -857,6 +1028,8 @@ class InterestsWorker:
         finally:
             if heap is not None:
                 heap.uninstall()
+            self._engine.stop()
+            self._engine = None
             self.items_db.close()
             if clean:
                 self._clean_marker.touch()

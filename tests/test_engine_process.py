@@ -1,0 +1,194 @@
+"""The engine in a process of its own: same answers as the engine in process, the worker's
+mirror of which users it holds, errors that reach the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import numpy as np
+import pytest
+
+from streams.engine_process import (
+    FORGET,
+    Batch,
+    EngineHost,
+    EngineProcess,
+    EngineProcessError,
+    HeldUsers,
+    Learn,
+    Publishing,
+    UserJob,
+    interests_record,
+)
+from streams.interests import InterestClusters, InterestConfig
+
+T0 = 1_700_000_000_000
+DIM = 16
+
+
+def item_vectors(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [f"i{k}" for k in range(n)], rng.normal(size=(n, DIM)).astype(np.float32)
+
+
+def learn(k: int, item: int, user: str = "u", ts: int = 0) -> Learn:
+    return Learn(f"{user}-e{k}", f"i{item}", "click", None, T0 + ts + k * 1000, item)
+
+
+def test_a_batch_gives_the_states_and_records_of_the_engine_run_directly() -> None:
+    ids, vectors = item_vectors(40)
+    config = InterestConfig(recluster_every=8)
+    host = EngineHost(config, Publishing(), cache_users=100)
+    direct: dict[str, InterestClusters] = {}
+    rng = random.Random(1)
+    for round_ in range(6):
+        jobs = []
+        for u in range(5):
+            user = f"u{u}"
+            ops: list[Learn | None] = [
+                learn(round_ * 10 + k, rng.randrange(40), user) for k in range(rng.randint(1, 4))
+            ]
+            if round_ == 0:
+                ops.append(ops[0])  # a duplicate: not learned twice
+            jobs.append(UserJob(user, None, user not in direct, ops, False))
+            state = direct.setdefault(user, InterestClusters(config))
+            for op in ops:
+                assert op is not None
+                state.learn_one(op, vectors[op.row])
+        results = host.apply(Batch(jobs, ids, vectors, [], []))
+        for job, result in zip(jobs, results, strict=True):
+            state = direct[job.user_id]
+            blob = state.to_bytes()
+            assert result.changed and not result.empty
+            assert result.blob == blob
+            record = interests_record(job.user_id, state, blob, Publishing())
+            # Same record but for the time it was made.
+            assert result.record is not None
+            assert result.record.split(b'"updated_ms"')[0] == record.split(b'"updated_ms"')[0]
+            if round_ == 0:
+                assert result.learned[-1] is False and all(result.learned[:-1])
+
+
+def test_a_stored_state_is_restored_and_forget_empties_the_user() -> None:
+    ids, vectors = item_vectors(10)
+    host = EngineHost(InterestConfig(), Publishing(state="full"), cache_users=10)
+    [first] = host.apply(
+        Batch([UserJob("u", None, True, [learn(1, 3)], False)], ids, vectors, [], [])
+    )
+    assert first.blob is not None
+    other = EngineHost(InterestConfig(), Publishing(state="full"), cache_users=10)
+    job = UserJob("u", first.blob, False, [learn(2, 4)], False)
+    [restored] = other.apply(Batch([job], ids, vectors, [], []))
+    [same] = host.apply(
+        Batch([UserJob("u", None, False, [learn(2, 4)], False)], ids, vectors, [], [])
+    )
+    assert restored.blob == same.blob
+    [gone] = host.apply(Batch([UserJob("u", None, False, [FORGET], False)], ids, vectors, [], []))
+    assert gone.empty and gone.changed and gone.blob is None
+    assert "u" not in host.states
+
+
+def test_nothing_changed_comes_back_without_bytes_unless_asked() -> None:
+    ids, vectors = item_vectors(10)
+    host = EngineHost(InterestConfig(), Publishing(), cache_users=10)
+    host.apply(Batch([UserJob("u", None, True, [learn(1, 3)], False)], ids, vectors, [], []))
+    again = UserJob("u", None, False, [learn(1, 3)], False)
+    [quiet] = host.apply(Batch([again], ids, vectors, [], []))
+    assert quiet.learned == [False] and not quiet.changed and quiet.blob is None
+    [asked] = host.apply(Batch([again._replace(publish=True)], ids, vectors, [], []))
+    assert asked.blob is not None and asked.record is not None and not asked.changed
+
+
+def test_deleted_items_leave_a_state_at_its_next_job() -> None:
+    ids, vectors = item_vectors(10)
+    host = EngineHost(InterestConfig(), Publishing(), cache_users=10)
+    host.apply(
+        Batch([UserJob("u", None, True, [learn(1, 3), learn(2, 5)], False)], ids, vectors, [], [])
+    )
+    [after] = host.apply(
+        Batch([UserJob("u", None, False, [learn(3, 5)], False)], ids, vectors, ["i3"], [])
+    )
+    assert after.changed and host.states["u"].seen_items == {"i5"}
+    # Deleted, then back: no longer dropped.
+    host.apply(Batch([UserJob("u", None, False, [learn(4, 3)], False)], ids, vectors, [], ["i3"]))
+    assert host.states["u"].seen_items == {"i3", "i5"}
+
+
+def test_the_workers_mirror_never_counts_on_a_user_the_engine_has_evicted() -> None:
+    """The worker touches users as it plans jobs and drops emptied ones only when their results
+    are written, after it planned the next chunk: its mirror may forget users the engine still
+    holds (their state is then sent again), never the other way round."""
+    ids, vectors = item_vectors(8)
+    rng = random.Random(7)
+    capacity = 5
+    host = EngineHost(InterestConfig(), Publishing(state="none"), cache_users=capacity)
+    held = HeldUsers(capacity)
+    stored: dict[str, bytes] = {}
+    pending_drops: list[str] = []
+    previous: list[str] = []
+    for step in range(2000):
+        # A user is in one chunk of a batch: two chunks in flight have distinct users.
+        users = rng.sample([f"u{k}" for k in range(12) if f"u{k}" not in previous], 4)
+        users = users[: rng.randint(1, 4)]
+        previous = users
+        jobs = []
+        for user in users:
+            was_held, _ = held.touch(user)
+            ops: list[Learn | None] = (
+                [FORGET] if rng.random() < 0.15 else [learn(step, rng.randrange(8), user)]
+            )
+            if was_held:
+                assert user in host.states
+                jobs.append(UserJob(user, None, False, ops, False))
+            else:
+                jobs.append(UserJob(user, stored.get(user), user not in stored, ops, False))
+        for user in pending_drops:  # the previous chunk's results, written after planning this one
+            held.drop(user)
+        pending_drops = []
+        for result in host.apply(Batch(jobs, ids, vectors, [], [])):
+            if result.empty:
+                stored.pop(result.user_id, None)
+                pending_drops.append(result.user_id)
+            elif result.blob is not None:
+                stored[result.user_id] = host.states[result.user_id].to_bytes()
+
+
+def test_the_child_process_answers_like_the_host_and_reports_its_errors() -> None:
+    ids, vectors = item_vectors(20)
+    config = InterestConfig()
+    jobs = [
+        UserJob(f"u{u}", None, True, [learn(k, (u * 3 + k) % 20, f"u{u}") for k in range(5)], False)
+        for u in range(4)
+    ]
+    expected = EngineHost(config, Publishing(), 10).apply(Batch(jobs, ids, vectors, [], []))
+
+    async def run() -> None:
+        engine = EngineProcess(config, Publishing(), 10)
+        try:
+            results = await engine.apply(Batch(jobs, ids, vectors, [], []))
+            assert [(r.user_id, r.learned, r.blob) for r in results] == [
+                (r.user_id, r.learned, r.blob) for r in expected
+            ]
+            await engine.clear()
+            unknown = UserJob("u0", None, False, [learn(9, 1, "u0")], False)
+            with pytest.raises(EngineProcessError, match="does not hold user 'u0'"):
+                await engine.apply(Batch([unknown], ids, vectors, [], []))
+        finally:
+            engine.stop()
+        assert not engine._process.is_alive()
+
+    asyncio.run(run())
+
+
+def test_the_child_process_ends_when_the_worker_is_gone() -> None:
+    async def run() -> None:
+        engine = EngineProcess(InterestConfig(), Publishing(), 10)
+        engine._conn.close()  # what the kernel does to a SIGKILLed worker's end of the pipe
+        engine._process.join(30)
+        assert engine._process.exitcode == 0
+        with pytest.raises(EngineProcessError, match="gone"):
+            await engine.apply(Batch([], [], np.zeros((0, DIM), np.float32), [], []))
+        engine._io.shutdown()
+
+    asyncio.run(run())
