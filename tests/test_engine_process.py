@@ -192,3 +192,22 @@ def test_the_child_process_ends_when_the_worker_is_gone() -> None:
         engine._io.shutdown()
 
     asyncio.run(run())
+
+
+def test_a_cut_batch_acks_in_each_partition_only_what_precedes_its_first_undone_event() -> None:
+    from types import SimpleNamespace
+
+    from streams.interests_worker import ackable
+
+    def event(partition: int, offset: int) -> SimpleNamespace:
+        return SimpleNamespace(
+            message=SimpleNamespace(tp=("engagements", partition), offset=offset)
+        )
+
+    batch = [event(p, o) for o in range(10, 16) for p in (0, 1, 2)]
+    # Users were applied in another order than offsets: some done events follow undone ones.
+    undone = [
+        e for e in batch if (e.message.tp[1], e.message.offset) in {(0, 12), (0, 14), (1, 10)}
+    ]
+    acked = {(e.message.tp[1], e.message.offset) for e in ackable(batch, undone)}
+    assert acked == {(0, 10), (0, 11)} | {(2, o) for o in range(10, 16)}
