@@ -43,6 +43,7 @@ _MAGIC = b"RSIC"
 _VIEW_MAGIC = b"RSIV"
 _NO_TS = np.iinfo(np.int64).max
 _TS_MIN = int(np.iinfo(np.int64).min)
+_ONE = np.ones(1, dtype=np.int64)
 # magic, version, dim, actions, clusters, applied, newest ts, has-last, byte lengths of the
 # last event id, item ids and event ids.
 _HEADER = "<4sBHIHQqBIII"
@@ -220,6 +221,8 @@ class InterestClusters:
         # Centroids (sums / counts) cached for the per-event cost; None = all stale.
         self._cents: np.ndarray | None = None
         self._cent_sq = np.zeros(0, dtype=np.float32)
+        # The Ward factors counts / (counts + 1.0), float64, kept like the centroids.
+        self._ward = np.zeros(0, dtype=np.float64)
         self._dirty: set[int] = set()
         self._medoid_cache: dict[int, str] = {}
         self._item_counts: Counter[str] = Counter()
@@ -363,9 +366,9 @@ class InterestClusters:
         counts = self._counts
         if len(counts):
             # Ward cost of joining cluster j: n/(n+1) ||c_j - x||^2, expanded (x is a unit vector).
-            cents = self._centroids()
-            d2 = self._cent_sq - 2.0 * (cents @ x) + 1.0
-            cost = counts / (counts + 1.0) * d2
+            dots = self._centroids() @ x
+            d2 = self._cent_sq - (dots + dots) + 1.0  # dots + dots: 2.0 * dots, exactly
+            cost = self._ward * d2
             j = int(cost.argmin())
             if cost[j] < self.config.merge_threshold:
                 self._sums[j] += x
@@ -374,23 +377,29 @@ class InterestClusters:
                 self._cl[slot] = j
                 self._medoid_cache.pop(j, None)
                 return
-        self._sums = np.vstack([self._sums, x[None, :]])
-        self._counts = np.append(self._counts, 1)
+        # What vstack and append do, without their wrappers.
+        self._sums = np.concatenate((self._sums, x[None, :]))
+        self._counts = np.concatenate((self._counts, _ONE))
         self._cents = None
         self._cl[slot] = len(self._counts) - 1
 
     def _centroids(self) -> np.ndarray:
-        """sums / counts (and their squared norms in ``_cent_sq``), recomputing only the
-        clusters changed since the last call. Row by row and all at once give the same bits,
-        so a reloaded state decides exactly like the one that never left memory."""
+        """sums / counts (and their squared norms in ``_cent_sq``, the Ward factors in
+        ``_ward``), recomputing only the clusters changed since the last call. Row by row and
+        all at once give the same bits, so a reloaded state decides exactly like the one that
+        never left memory."""
         if self._cents is None:
             self._cents = self._sums / self._counts[:, None].astype(np.float32)
             self._cent_sq = _row_sq(self._cents)
+            self._ward = self._counts / (self._counts + 1.0)
         else:
             cents, sums, counts, sq = self._cents, self._sums, self._counts, self._cent_sq
             for j in self._dirty:  # one or two rows a event: cheaper than fancy indexing
                 np.divide(sums[j], np.float32(counts[j]), out=cents[j])
                 sq[j : j + 1] = _row_sq(cents[j : j + 1])
+                # Python's int / float is numpy's: the count widened to a double, one division.
+                n = int(counts[j])
+                self._ward[j] = n / (n + 1.0)
         self._dirty.clear()
         return self._cents
 
@@ -450,7 +459,7 @@ class InterestClusters:
     def _merge_cheapest_pair(self) -> None:
         counts = self._counts.astype(np.float64)
         cents = (self._sums / self._counts[:, None].astype(np.float32)).astype(np.float64)
-        sq = np.einsum("ij,ij->i", cents, cents)
+        sq = _c_einsum("ij,ij->i", cents, cents)
         d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * cents @ cents.T, 0.0)
         cost = counts[:, None] * counts[None, :] / (counts[:, None] + counts[None, :]) * d2
         cost[np.diag_indices_from(cost)] = np.inf
