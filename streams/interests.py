@@ -534,28 +534,24 @@ class InterestClusters:
         if self._ts_high is None:
             self._check_ts_order()  # rare enough here to look again
         slots = self._live_slots()
-        items = [self._items[s] or "" for s in slots]
+        items = self._live_item_ids()
         first_slot: dict[str, int] = {}
         for s, item in zip(slots.tolist(), items, strict=True):
             first_slot.setdefault(item, s)
         distinct = np.fromiter(first_slot.values(), dtype=np.int64, count=len(first_slot))
-        labels = ward_labels(
-            self._vec[distinct], self.config.merge_threshold, self.config.max_clusters
-        )
-        # Number clusters by their first action so the order is canonical.
-        _, first = np.unique(labels, return_index=True)
-        order = np.argsort(first, kind="stable")
-        rank = np.empty(len(order), dtype=np.int32)
-        rank[order] = np.arange(len(order), dtype=np.int32)
-        _, inverse = np.unique(labels, return_inverse=True)
-        assign = rank[inverse]
+        vectors = self._vec[distinct]
+        # One BLAS limit for both products (entering one costs ~15 us, leaving as much).
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            labels = _ward_labels(vectors, self.config.merge_threshold, self.config.max_clusters)
+            # Number clusters by their first action so the order is canonical.
+            rank: dict[int, int] = {}
+            assign = np.array([rank.setdefault(label, len(rank)) for label in labels.tolist()])
+            k = len(rank)
+            onehot = np.zeros((k, len(assign)), dtype=np.float32)
+            onehot[assign, np.arange(len(assign))] = 1.0
+            sums = onehot @ vectors
         label_of = dict(zip(first_slot, assign.tolist(), strict=True))
         self._cl[slots] = [label_of[item] for item in items]
-        k = len(order)
-        onehot = np.zeros((k, len(assign)), dtype=np.float32)
-        onehot[assign, np.arange(len(assign))] = 1.0
-        with _blas_controller().limit(limits=1, user_api="blas"):
-            sums = onehot @ self._vec[distinct]
         self._sums = sums
         self._counts = np.bincount(assign, minlength=k).astype(np.int64)
         self._cents = None
@@ -954,16 +950,23 @@ def ward_labels(vectors: np.ndarray, threshold: float, max_clusters: int) -> np.
     Distances come from one matrix product (||a - b||^2 = |a|^2 + |b|^2 - 2 a.b), taken
     straight into scipy's condensed form: ~50x faster than pdist at dim 384.
     """
+    if len(vectors) == 1:
+        return np.ones(1, dtype=np.int32)
+    # One BLAS thread: a 500 x 500 product is too small to share, and a worker's other
+    # threads (and other workers) need the cores; threaded it is ~8x slower under load.
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        return _ward_labels(vectors, threshold, max_clusters)
+
+
+def _ward_labels(vectors: np.ndarray, threshold: float, max_clusters: int) -> np.ndarray:
+    """``ward_labels`` for a caller that holds BLAS to one thread."""
     n = len(vectors)
     if n == 1:
         return np.ones(1, dtype=np.int32)
     v = np.ascontiguousarray(vectors, dtype=np.float32)
-    # One BLAS thread: a 500 x 500 product is too small to share, and a worker's other
-    # threads (and other workers) need the cores; threaded it is ~8x slower under load.
-    with _blas_controller().limit(limits=1, user_api="blas"):
-        gram = v @ v.T
+    gram = v @ v.T
     rows, cols = _upper_triangle(n)
-    sq = np.einsum("ij,ij->i", v, v).astype(np.float64)  # 1 for unit rows; kept for any input
+    sq = _c_einsum("ij,ij->i", v, v).astype(np.float64)  # 1 for unit rows; kept for any input
     d = gram[rows, cols].astype(np.float64)
     d *= -2.0
     d += sq[rows]
