@@ -207,6 +207,8 @@ class InterestClusters:
         self._item_ids: tuple[tuple[np.ndarray, np.ndarray], list[str]] | None = None
         # (the live pair it was made from, item ids joined): see _live_items.
         self._items_bytes: tuple[tuple[np.ndarray, np.ndarray], bytes] | None = None
+        # (the live pair and counts array they were made from, bytes): see _actions_bytes.
+        self._actions_blob: tuple[tuple[np.ndarray, np.ndarray], np.ndarray, bytes] | None = None
         # The newest arrival's ts while the live actions' ts never fall in arrival order (then
         # newest first is reverse arrival, no sort); None once one came out of order.
         self._ts_high: int | None = _TS_MIN
@@ -735,7 +737,6 @@ class InterestClusters:
         ``from_bytes`` rebuilds the sums from the members, exactly up to float rounding. The
         worker's own table keeps full states, which evolve bit for bit alike after a reload.
         """
-        slots = self._live_slots()
         items = self._live_items()
         events = b"" if view else "\n".join(self._event_ids).encode()
         last = (self._last_event_id or "").encode()
@@ -754,19 +755,31 @@ class InterestClusters:
             len(items),
             len(events),
         )
-        parts = [
-            head,
-            last,
-            items,
-            events,
-            self._ts[slots].astype("<i8").tobytes(),
-            self._w[slots].astype("<f4").tobytes(),
-            self._cl[slots].astype("<u2").tobytes(),
-            self._counts.astype("<u4").tobytes(),
-        ]
-        if not view:
-            parts.append(self._sums.astype("<f4").tobytes())
-        return b"".join(parts)
+        if view:
+            return b"".join((head, last, items, events, self._actions_bytes()))
+        # copy=False: the native little-endian arrays are written as they are, not copied first.
+        sums = self._sums.astype("<f4", copy=False).tobytes()
+        return b"".join((head, last, items, events, self._actions_bytes(), sums))
+
+    def _actions_bytes(self) -> bytes:
+        """The live actions' times, weights and clusters (arrival order) and the cluster counts,
+        as ``to_bytes`` writes them: a state and its view share them, so they are made once.
+        Cached with the live slots and the counts array: whatever changes them replaces one
+        of the two (an action comes or goes; a renumbering of clusters makes new counts)."""
+        live, counts = self._live_pair(), self._counts
+        cached = self._actions_blob
+        if cached is None or cached[0] is not live or cached[1] is not counts:
+            slots = live[1]
+            blob = b"".join(
+                (
+                    self._ts[slots].astype("<i8", copy=False).tobytes(),
+                    self._w[slots].astype("<f4", copy=False).tobytes(),
+                    self._cl[slots].astype("<u2").tobytes(),
+                    counts.astype("<u4").tobytes(),
+                )
+            )
+            cached = self._actions_blob = (live, counts, blob)
+        return cached[2]
 
     @staticmethod
     def items_in(blob: bytes) -> frozenset[str]:
