@@ -532,6 +532,8 @@ class InterestsWorker:
         self._held = HeldUsers(cfg.state_cache_users)
         self._sent_deleted: set[str] = set()  # feed.deleted as the engine process knows it
         self._engine: EngineProcess | None = None
+        # Engagements decoded as they are taken, by id of their faust event (until processed).
+        self._decoded: dict[int, Any] = {}
         # (partition, offset) of the last engagement each cached user's stored state reflects.
         self._positions: dict[str, tuple[int, int]] = {}
         # Next engagement offset to process, per partition (for the lag gauge).
@@ -603,6 +605,18 @@ class InterestsWorker:
         await self.outbox.start([USER_INTERESTS.name])
         self._agent_ready = True
         self._mark_consuming()
+        decoded = self._decoded
+
+        def decode(value: Any) -> Any:
+            # As events are taken, so while the previous batch is worked on.
+            event = stream.current_event
+            try:
+                decoded[id(event)] = decode_for_topic(ENGAGEMENTS.name, value)
+            except InvalidEvent as exc:
+                decoded[id(event)] = exc
+            return value
+
+        stream.add_processor(decode)  # before take_waiting's
         try:
             async for events in take_waiting(
                 stream, self.config.batch_size, self.config.batch_within_s
@@ -624,6 +638,8 @@ class InterestsWorker:
                     self.metrics.deferred.inc(len(undone))
                 await self._update_lag()
         finally:
+            stream._processors.remove(decode)
+            decoded.clear()
             await self.outbox.stop()
 
     async def _confirm_delivery(self) -> None:
@@ -679,12 +695,13 @@ class InterestsWorker:
         """
         app = self.app
         rebalances = app.rebalancing_count
+        taken = [(ev, self._decoded.pop(id(ev), None)) for ev in events]
         if not app.flow_control.is_active():
             return list(events)
         generation = app.consumer_generation_id
         undone: list[Any] = []
         per_user: OrderedDict[str, list[tuple[Any, Any]]] = OrderedDict()
-        for ev in events:
+        for ev, decoded in taken:
             msg = ev.message
             if msg.generation_id != generation:
                 undone.append(ev)
@@ -692,10 +709,14 @@ class InterestsWorker:
             self._next_offset[msg.partition] = max(
                 self._next_offset.get(msg.partition, 0), msg.offset + 1
             )
-            try:
-                decoded = decode_for_topic(ENGAGEMENTS.name, ev.value)
-            except InvalidEvent as exc:
-                await self._dead_letter(ev.value, exc.reason, msg.partition, msg.offset, msg.key)
+            if decoded is None:
+                try:
+                    decoded = decode_for_topic(ENGAGEMENTS.name, ev.value)
+                except InvalidEvent as exc:
+                    decoded = exc
+            if isinstance(decoded, InvalidEvent):
+                reason = decoded.reason
+                await self._dead_letter(ev.value, reason, msg.partition, msg.offset, msg.key)
                 continue
             per_user.setdefault(decoded.user_id, []).append((ev, decoded))
         users = list(per_user.items())
