@@ -488,7 +488,7 @@ class InterestClusters:
         live = self._live
         if live is None:
             by_slot = (self._ts != _NO_TS).nonzero()[0]  # np.flatnonzero without its wrapper
-            by_arrival = by_slot[np.argsort(self._seq[by_slot], kind="stable")]
+            by_arrival = by_slot[self._seq[by_slot].argsort(kind="stable")]
             by_slot.flags.writeable = False
             by_arrival.flags.writeable = False
             live = self._live = (by_slot, by_arrival)
@@ -625,7 +625,7 @@ class InterestClusters:
             ids = self._live_item_ids()[::-1]
         else:  # by ts, newest first; ts ties keep reverse arrival (the later action first)
             backwards = arrival[::-1]
-            newest = backwards[np.argsort(-self._ts[backwards], kind="stable")]
+            newest = backwards[(-self._ts[backwards]).argsort(kind="stable")]
             items = self._items
             ids = [items[s] or "" for s in newest.tolist()]
         recent: dict[int, dict[str, None]] = {j: {} for j in clusters}
@@ -691,11 +691,14 @@ class InterestClusters:
             return []
         cl = self._cl[self._live_in_slot_order()]
         imp = self._importances(now_ms, cl)
-        order = np.argsort(-imp, kind="stable")[:k].tolist()
+        # Array methods, not np.argsort's wrapper; tolist's floats are float(imp[j])'s.
+        order = (-imp).argsort(kind="stable")[:k].tolist()
         sizes = np.bincount(cl, minlength=len(self._counts)).tolist()
         recent = self._recent_items(order, members)
+        imps, cache = imp.tolist(), self._medoid_cache
         return [
-            InterestSummary(self._medoid_id(j), float(imp[j]), sizes[j], recent[j]) for j in order
+            InterestSummary(cache.get(j) or self._medoid_id(j), imps[j], sizes[j], recent[j])
+            for j in order
         ]
 
     def sample_medoids(self, k: int, now_ms: int, rng: np.random.Generator) -> list[Interest]:
