@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -227,13 +228,19 @@ class HeldUsers:
         self._users.clear()
 
 
-def _serve(conn: Connection, config: InterestConfig, publishing: Publishing, cache: int) -> None:
+def _serve(
+    requests: Connection,
+    results: Connection,
+    config: InterestConfig,
+    publishing: Publishing,
+    cache: int,
+) -> None:
     """The child's loop: ``("batch", Batch)`` -> list of ``UserResult`` (or the exception),
     ``("clear",)`` -> forget every state, EOF or ``("stop",)`` -> exit."""
     host = EngineHost(config, publishing, cache)
     while True:
         try:
-            message = conn.recv()
+            message = requests.recv()
         except (EOFError, OSError):
             return  # the worker is gone (even SIGKILLed: its end of the pipe closed)
         if message[0] == "stop":
@@ -246,25 +253,47 @@ def _serve(conn: Connection, config: InterestConfig, publishing: Publishing, cac
         except Exception as exc:  # sent back: the worker raises it
             host.clear()
             reply = exc
-        conn.send(reply)
+        try:
+            results.send(reply)
+        except (BrokenPipeError, OSError):
+            return
 
 
 class EngineProcessError(RuntimeError):
     """The engine process failed or is gone."""
 
 
+# Pipes this big (Linux's default limit for a process that is not privileged) take a chunk's
+# results in a few reads: each read has to win the GIL back from the busy event loop.
+PIPE_BYTES = 1 << 20
+
+
+def _widen(conn: Connection) -> None:
+    """Grow the pipe under ``conn`` to ``PIPE_BYTES`` where the OS allows (Linux)."""
+    import fcntl
+
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(conn.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+
+
 class EngineProcess:
-    """An ``EngineHost`` in a child process. ``apply`` returns an awaitable (the event loop
-    runs on meanwhile); calls are served in order, one at a time."""
+    """An ``EngineHost`` in a child process. ``apply`` returns a future (the event loop runs
+    on meanwhile); requests are served in order. A request goes out while the previous ones
+    are worked on (a sender thread) and answers are read as they come (a receiver thread),
+    so the child works on the next chunk while this process takes the last one's results."""
 
     def __init__(self, config: InterestConfig, publishing: Publishing, cache_users: int) -> None:
         ctx = multiprocessing.get_context("spawn")  # never fork a process with threads
-        self._conn, child = ctx.Pipe()
+        child_requests, self._requests = ctx.Pipe(duplex=False)
+        self._results, child_results = ctx.Pipe(duplex=False)
+        _widen(self._requests)
+        _widen(self._results)
         self._process = ctx.Process(
             target=_serve,
             # (a mappingproxy does not pickle)
             args=(
-                child,
+                child_requests,
+                child_results,
                 config.with_(action_weights=dict(config.action_weights)),
                 publishing,
                 cache_users,
@@ -273,34 +302,82 @@ class EngineProcess:
             daemon=True,
         )
         self._process.start()
-        child.close()
-        # One thread: requests go out and answers come back in order.
-        self._io = ThreadPoolExecutor(1, thread_name_prefix="recstream-engine-io")
-
-    def _call(self, batch: Batch) -> list[UserResult]:
-        try:
-            self._conn.send(("batch", batch))
-            reply = self._conn.recv()
-        except (EOFError, OSError) as exc:
-            code = self._process.exitcode
-            raise EngineProcessError(f"the engine process is gone (exit code {code})") from exc
-        if isinstance(reply, BaseException):
-            raise EngineProcessError(f"the engine process failed: {reply!r}") from reply
-        return reply
+        child_requests.close()
+        child_results.close()
+        self._lock = threading.Lock()
+        self._pending: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = deque()
+        self._failure: EngineProcessError | None = None
+        self._sender = ThreadPoolExecutor(1, thread_name_prefix="recstream-engine-send")
+        self._receiver = threading.Thread(
+            target=self._receive, name="recstream-engine-receive", daemon=True
+        )
+        self._receiver.start()
 
     def apply(self, batch: Batch) -> asyncio.Future[list[UserResult]]:
-        return asyncio.get_running_loop().run_in_executor(self._io, self._call, batch)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[UserResult]] = loop.create_future()
+        with self._lock:
+            if self._failure is not None:
+                future.set_exception(self._failure)
+                return future
+            self._pending.append((loop, future))
+        self._sender.submit(self._send, ("batch", batch))
+        return future
 
     async def clear(self) -> None:
         """Forget every state (after the requests already sent)."""
-        await asyncio.get_running_loop().run_in_executor(self._io, self._conn.send, ("clear",))
+        await asyncio.get_running_loop().run_in_executor(self._sender, self._send, ("clear",))
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        try:
+            self._requests.send(message)
+        except (OSError, ValueError) as exc:  # ValueError: closed here
+            self._fail(exc)
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                reply = self._results.recv()
+            except (EOFError, OSError) as exc:
+                self._fail(exc)
+                return
+            with self._lock:
+                loop, future = self._pending.popleft()
+            loop.call_soon_threadsafe(_settle, future, reply)
+
+    def _fail(self, cause: BaseException) -> None:
+        error = EngineProcessError(
+            f"the engine process is gone (exit code {self._process.exitcode}): {cause!r}"
+        )
+        with self._lock:
+            if self._failure is None:
+                self._failure = error
+            pending, self._pending = list(self._pending), deque()
+        for loop, future in pending:
+            with contextlib.suppress(RuntimeError):  # that loop is closed
+                loop.call_soon_threadsafe(_settle, future, error)
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._io.shutdown(wait=True)
+        self._sender.shutdown(wait=True)
         with contextlib.suppress(OSError, ValueError):  # already gone
-            self._conn.send(("stop",))
+            self._requests.send(("stop",))
         self._process.join(timeout)
         if self._process.is_alive():
             self._process.kill()
             self._process.join()
-        self._conn.close()
+        self._requests.close()
+        self._receiver.join(timeout)
+        self._results.close()
+
+
+def _settle(future: asyncio.Future[Any], reply: Any) -> None:
+    if future.done():
+        return
+    if isinstance(reply, EngineProcessError):
+        future.set_exception(reply)
+    elif isinstance(reply, BaseException):
+        error = EngineProcessError(f"the engine process failed: {reply!r}")
+        error.__cause__ = reply
+        future.set_exception(error)
+    else:
+        future.set_result(reply)

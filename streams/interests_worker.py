@@ -159,6 +159,29 @@ class _Planned(NamedTuple):
     position: tuple[int, int] | None  # of the user's last engagement in this chunk
 
 
+class _BatchVectors:
+    """The item vectors of a chunk: ``ids[i]`` is row ``i``; rows added as lookups come."""
+
+    def __init__(self, ids: list[str], matrix: np.ndarray) -> None:
+        self.ids = list(ids)
+        self.rows = {item: i for i, item in enumerate(self.ids)}
+        self._blocks = [matrix] if len(ids) else []
+
+    def add(self, ids: list[str], matrix: np.ndarray) -> None:
+        for item in ids:
+            self.rows[item] = len(self.ids)
+            self.ids.append(item)
+        if len(ids):
+            self._blocks.append(matrix)
+
+    def matrix(self) -> np.ndarray:
+        if len(self._blocks) == 1:
+            return self._blocks[0]
+        if not self._blocks:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.concatenate(self._blocks)
+
+
 class _Chunk(NamedTuple):
     """A request to the engine process in flight."""
 
@@ -603,6 +626,10 @@ class InterestsWorker:
     async def _agent(self, stream: Any) -> None:
         await self.feed.ready.wait()
         await self.outbox.start([USER_INTERESTS.name])
+        # faust's Monitor sensor keeps per-event statistics for faust's web view (off here;
+        # the worker's metrics are Prometheus'): a few % of the consume path, not needed.
+        if self.app.monitor in set(self.app.sensors):
+            self.app.sensors.remove(self.app.monitor)
         self._agent_ready = True
         self._mark_consuming()
         decoded = self._decoded
@@ -749,30 +776,21 @@ class InterestsWorker:
         item_ids = dict.fromkeys(
             d.item_id for _, evs in users for _, d in evs if isinstance(d, Engagement)
         )
-        found, matrix = self.feed.lookup(list(item_ids))
-        vectors: dict[str, np.ndarray] = dict(zip(found, matrix, strict=True))
+        vectors = _BatchVectors(*self.feed.lookup(list(item_ids)))
         planned: list[_Planned] = []
         outcomes: Tally[str] = Tally()
         for user_id, user_events in users:
             # faust picks a table write's changelog partition from the current event.
             _current_event.set(weakref.ref(user_events[-1][0]))
             planned.append(await self._plan_user(user_id, user_events, vectors, outcomes))
-        ids = list(vectors)
-        rows = {item: i for i, item in enumerate(ids)}
-        stacked = np.stack(list(vectors.values())) if ids else np.zeros((0, 0), dtype=np.float32)
         jobs = [
-            UserJob(
-                plan.user_id,
-                plan.stored,
-                plan.fresh,
-                [op if op is FORGET else op._replace(row=rows[op.item_id]) for op in plan.ops],
-                plan.redelivered,
-            )
+            UserJob(plan.user_id, plan.stored, plan.fresh, plan.ops, plan.redelivered)
             for plan in planned
         ]
         deleted, undeleted = self._deleted_since_sent()
         sent = time.perf_counter()
-        results = self.engine.apply(Batch(jobs, ids, stacked, deleted, undeleted))
+        batch = Batch(jobs, vectors.ids, vectors.matrix(), deleted, undeleted)
+        results = self.engine.apply(batch)
         return _Chunk(planned, results, outcomes, sent)
 
     async def _finish_chunk(
@@ -829,7 +847,7 @@ class InterestsWorker:
         self,
         user_id: str,
         events: list[tuple[Any, Any]],
-        vectors: dict[str, np.ndarray],
+        vectors: _BatchVectors,
         outcomes: Tally[str],
     ) -> _Planned:
         """Decide what of one user's (faust event, decoded event) pairs of a batch goes to the
@@ -849,10 +867,10 @@ class InterestsWorker:
                 self._positions[user_id] = STATE_POSITION.unpack_from(row)
                 stored = row[STATE_POSITION.size :]
                 # Items gone from the store (deleted) are left out: the state drops them.
-                missing = [i for i in InterestClusters.items_in(stored) if i not in vectors]
-                found, matrix = self.feed.lookup(missing)
-                vectors.update(zip(found, matrix, strict=True))
+                missing = [i for i in InterestClusters.items_in(stored) if i not in vectors.rows]
+                vectors.add(*self.feed.lookup(missing))
         applied_at = self._positions.get(user_id)
+        rows = vectors.rows
         parked = self._parked_of(user_id)
         parked_before = len(parked)
         redelivered = False
@@ -880,14 +898,14 @@ class InterestsWorker:
                 # applied already (re-sent twice around a crash). Event ids alone would not do.
                 outcomes["duplicate"] += 1
                 continue
-            if ev.item_id not in vectors:
+            row = rows.get(ev.item_id)
+            if row is None:
                 # It may have arrived since the batch lookup; its arrival may even have been
                 # handled already, so parking it now would leave it parked for good.
-                found, matrix = self.feed.lookup([ev.item_id])
-                if found:
-                    vectors[ev.item_id] = matrix[0]
+                vectors.add(*self.feed.lookup([ev.item_id]))
+                row = rows.get(ev.item_id)
             parked.pop(ev.event_id, None)
-            if ev.item_id not in vectors:
+            if row is None:
                 # Park and index with no await in between (the feed task runs at awaits).
                 parked[ev.event_id] = ev.to_json().decode()
                 self._index_parked(ev.item_id, user_id)
@@ -903,7 +921,7 @@ class InterestsWorker:
                         user_id.encode(),
                     )
                 continue
-            ops.append(Learn(ev.event_id, ev.item_id, ev.action, ev.weight, ev.ts, -1))
+            ops.append(Learn(ev.event_id, ev.item_id, ev.action, ev.weight, ev.ts, row))
         if len(parked) != parked_before or parked:
             self._parked_count += len(parked) - parked_before
             self.metrics.parked.set(max(self._parked_count, 0))

@@ -184,12 +184,12 @@ def test_the_child_process_answers_like_the_host_and_reports_its_errors() -> Non
 def test_the_child_process_ends_when_the_worker_is_gone() -> None:
     async def run() -> None:
         engine = EngineProcess(InterestConfig(), Publishing(), 10)
-        engine._conn.close()  # what the kernel does to a SIGKILLed worker's end of the pipe
+        engine._requests.close()  # what the kernel does to a SIGKILLed worker's end of the pipe
         engine._process.join(30)
         assert engine._process.exitcode == 0
         with pytest.raises(EngineProcessError, match="gone"):
             await engine.apply(Batch([], [], np.zeros((0, DIM), np.float32), [], []))
-        engine._io.shutdown()
+        engine.stop()
 
     asyncio.run(run())
 
