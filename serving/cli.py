@@ -311,7 +311,7 @@ def worker_interests(
             help="Longest a batch keeps filling while the consumer lags (s); a batch closes at "
             "once when it holds every event the broker had.",
         ),
-    ] = 5.0,
+    ] = 1.0,
     max_parked_per_user: Annotated[
         int,
         typer.Option(

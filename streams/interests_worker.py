@@ -109,7 +109,7 @@ class InterestsWorkerConfig:
     # A batch closes once it holds every event the broker had, at batch_size events, or
     # batch_within_s after the previous batch (see streams.batching.take_waiting).
     batch_size: int = 50_000
-    batch_within_s: float = 5.0
+    batch_within_s: float = 1.0
     # Users per request to the engine process; one request is worked on while the next is
     # prepared and the previous one's results are written.
     chunk_users: int = 1_000
@@ -626,10 +626,6 @@ class InterestsWorker:
     async def _agent(self, stream: Any) -> None:
         await self.feed.ready.wait()
         await self.outbox.start([USER_INTERESTS.name])
-        # faust's Monitor sensor keeps per-event statistics for faust's web view (off here;
-        # the worker's metrics are Prometheus'): a few % of the consume path, not needed.
-        if self.app.monitor in set(self.app.sensors):
-            self.app.sensors.remove(self.app.monitor)
         self._agent_ready = True
         self._mark_consuming()
         decoded = self._decoded
