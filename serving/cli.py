@@ -292,6 +292,11 @@ class EventLoop(StrEnum):
     asyncio = "asyncio"
 
 
+class EngineIn(StrEnum):
+    process = "process"
+    local = "local"
+
+
 @worker_app.command("interests")
 def worker_interests(
     data_dir: Annotated[
@@ -341,6 +346,14 @@ def worker_interests(
     event_loop: Annotated[
         EventLoop, typer.Option(help="asyncio event loop (uvloop: faust's overhead in C).")
     ] = EventLoop.uvloop,
+    engine_in: Annotated[
+        EngineIn,
+        typer.Option(
+            "--engine",
+            help="Where the users' states live: process (a child process, the engine on a "
+            "core of its own) or local (this process: one core in all).",
+        ),
+    ] = EngineIn.process,
     published_state: Annotated[
         PublishedState,
         typer.Option(
@@ -379,6 +392,7 @@ def worker_interests(
         batch_within_s=batch_within,
         max_parked_per_user=max_parked_per_user,
         event_loop=event_loop.value,
+        engine_in=engine_in.value,
         published_state=published_state.value,
         engine=engine,
     )

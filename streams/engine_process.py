@@ -370,6 +370,32 @@ class EngineProcess:
         self._results.close()
 
 
+class LocalEngine:
+    """An ``EngineHost`` in this process, behind ``EngineProcess``'s interface: the engine
+    shares the worker's core (``--engine local``: no second process, nothing to pipe)."""
+
+    def __init__(self, config: InterestConfig, publishing: Publishing, cache_users: int) -> None:
+        self._host = EngineHost(config, publishing, cache_users)
+
+    def apply(self, batch: Batch) -> asyncio.Future[list[UserResult]]:
+        future: asyncio.Future[list[UserResult]] = asyncio.get_running_loop().create_future()
+        future.set_result(self._host.apply(batch))
+        return future
+
+    async def clear(self) -> None:
+        self._host.clear()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._host.clear()
+
+
+ENGINES: dict[str, type[EngineProcess] | type[LocalEngine]] = {
+    "process": EngineProcess,
+    "local": LocalEngine,
+}
+"""Where the engine runs: ``process`` (a child process, the default) or ``local``."""
+
+
 def _settle(future: asyncio.Future[Any], reply: Any) -> None:
     if future.done():
         return

@@ -61,6 +61,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from stores.kv import CachedItemVectors, StateDB
 from streams.batching import take_waiting
 from streams.engine_process import (
+    ENGINES,
     FORGET,
     PUBLISHED_STATES,
     Batch,
@@ -68,6 +69,7 @@ from streams.engine_process import (
     EngineProcessError,
     HeldUsers,
     Learn,
+    LocalEngine,
     Publishing,
     UserJob,
     UserResult,
@@ -110,8 +112,11 @@ class InterestsWorkerConfig:
     # batch_within_s after the previous batch (see streams.batching.take_waiting).
     batch_size: int = 50_000
     batch_within_s: float = 1.0
-    # Users per request to the engine process; one request is worked on while the next is
-    # prepared and the previous one's results are written.
+    # Where the users' states live: "process" (a child process: the engine on a core of its
+    # own) or "local" (this process).
+    engine_in: str = "process"
+    # Users per request to the engine; one request is worked on while the next is prepared
+    # and the previous one's results are written.
     chunk_users: int = 1_000
     state_cache_users: int = 20_000
     item_cache_vectors: int = 100_000
@@ -139,6 +144,8 @@ class InterestsWorkerConfig:
             raise ValueError(f"event_loop must be uvloop or asyncio: {self.event_loop!r}")
         if self.full_gc_every_s < 0 or self.batch_within_s <= 0:
             raise ValueError("full_gc_every_s must be >= 0 and batch_within_s > 0")
+        if self.engine_in not in ENGINES:
+            raise ValueError(f"engine_in must be process or local: {self.engine_in!r}")
         if self.chunk_users < 1 or self.state_cache_users < 1:
             raise ValueError("chunk_users and state_cache_users must be >= 1")
 
@@ -554,7 +561,7 @@ class InterestsWorker:
         # Which users the engine process holds (it keeps the same least-recently-used set).
         self._held = HeldUsers(cfg.state_cache_users)
         self._sent_deleted: set[str] = set()  # feed.deleted as the engine process knows it
-        self._engine: EngineProcess | None = None
+        self._engine: EngineProcess | LocalEngine | None = None
         # Engagements decoded as they are taken, by id of their faust event (until processed).
         self._decoded: dict[int, Any] = {}
         # (partition, offset) of the last engagement each cached user's stored state reflects.
@@ -574,7 +581,7 @@ class InterestsWorker:
         self.app.on_rebalance_complete.connect(cast(Any, self._rewind_uncommitted))
 
     @property
-    def engine(self) -> EngineProcess:
+    def engine(self) -> EngineProcess | LocalEngine:
         if self._engine is None:
             raise RuntimeError("the engine process runs only while the worker runs")
         return self._engine
@@ -1049,7 +1056,8 @@ class InterestsWorker:
         use_event_loop(self.config.event_loop)
         worker = faust.Worker(self.app, loglevel=loglevel, quiet=True)
         cfg = self.config
-        self._engine = EngineProcess(cfg.engine, cfg.publishing, cfg.state_cache_users)
+        engine = ENGINES[cfg.engine_in](cfg.engine, cfg.publishing, cfg.state_cache_users)
+        self._engine = engine
         heap = FreezeSurvivors(self.config.full_gc_every_s) if self.config.full_gc_every_s else None
         if heap is not None:
             heap.install()
@@ -1063,7 +1071,7 @@ class InterestsWorker:
         finally:
             if heap is not None:
                 heap.uninstall()
-            self._engine.stop()
+            engine.stop()
             self._engine = None
             self.items_db.close()
             if clean:

@@ -211,3 +211,29 @@ def test_a_cut_batch_acks_in_each_partition_only_what_precedes_its_first_undone_
     ]
     acked = {(e.message.tp[1], e.message.offset) for e in ackable(batch, undone)}
     assert acked == {(0, 10), (0, 11)} | {(2, o) for o in range(10, 16)}
+
+
+def test_the_local_engine_answers_like_the_child_process() -> None:
+    from streams.engine_process import LocalEngine
+
+    ids, vectors = item_vectors(20)
+    jobs = [
+        UserJob(f"u{u}", None, True, [learn(k, (u + k) % 20, f"u{u}") for k in range(6)], False)
+        for u in range(3)
+    ]
+
+    async def run() -> list[tuple[str, list[bool], bytes | None]]:
+        out = []
+        for engine in (
+            LocalEngine(InterestConfig(), Publishing(), 10),
+            EngineProcess(InterestConfig(), Publishing(), 10),
+        ):
+            try:
+                results = await engine.apply(Batch(jobs, ids, vectors, [], []))
+                out.append([(r.user_id, r.learned, r.blob) for r in results])
+            finally:
+                engine.stop()
+        return out
+
+    local, child = asyncio.run(run())
+    assert local == child

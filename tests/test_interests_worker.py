@@ -37,8 +37,9 @@ from tests._streaming import (
 )
 
 
+@pytest.mark.parametrize("engine", ["process", "local"])
 def test_worker_matches_the_offline_engine_and_handles_bad_and_deleted(
-    fresh_broker: EmbeddedBroker, tmp_path: Path
+    fresh_broker: EmbeddedBroker, tmp_path: Path, engine: str
 ) -> None:
     settings = fresh_broker.settings()
     data = generate(users=40, items=200, events=3000, seed=11)
@@ -50,7 +51,9 @@ def test_worker_matches_the_offline_engine_and_handles_bad_and_deleted(
         pub.publish(UserDeleted(user_id="u0", ts=data.engagements[-1].ts + 1))
     expected = offline_states(data.engagements, vectors)
     expected.pop("u0", None)
-    proc = start_interests_worker(fresh_broker.bootstrap_servers, tmp_path / "w")
+    proc = start_interests_worker(
+        fresh_broker.bootstrap_servers, tmp_path / "w", extra=["--engine", engine]
+    )
     try:
         wait_for(
             lambda: worker_states(settings) == expected,
