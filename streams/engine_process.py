@@ -343,7 +343,8 @@ class EngineProcess:
                 return
             with self._lock:
                 loop, future = self._pending.popleft()
-            loop.call_soon_threadsafe(_settle, future, reply)
+            with contextlib.suppress(RuntimeError):  # that loop is closed
+                loop.call_soon_threadsafe(_settle, future, reply)
 
     def _fail(self, cause: BaseException) -> None:
         error = EngineProcessError(

@@ -562,8 +562,9 @@ class InterestsWorker:
         self._held = HeldUsers(cfg.state_cache_users)
         self._sent_deleted: set[str] = set()  # feed.deleted as the engine process knows it
         self._engine: EngineProcess | LocalEngine | None = None
-        # Engagements decoded as they are taken, by id of their faust event (until processed).
-        self._decoded: dict[int, Any] = {}
+        # Engagements decoded as they are taken, by (partition, offset) until processed (a
+        # message read again has the same bytes, so an entry never goes stale).
+        self._decoded: dict[tuple[Any, int], Any] = {}
         # (partition, offset) of the last engagement each cached user's stored state reflects.
         self._positions: dict[str, tuple[int, int]] = {}
         # Next engagement offset to process, per partition (for the lag gauge).
@@ -639,11 +640,11 @@ class InterestsWorker:
 
         def decode(value: Any) -> Any:
             # As events are taken, so while the previous batch is worked on.
-            event = stream.current_event
+            message = stream.current_event.message
             try:
-                decoded[id(event)] = decode_for_topic(ENGAGEMENTS.name, value)
+                decoded[message.tp, message.offset] = decode_for_topic(ENGAGEMENTS.name, value)
             except InvalidEvent as exc:
-                decoded[id(event)] = exc
+                decoded[message.tp, message.offset] = exc
             return value
 
         stream.add_processor(decode)  # before take_waiting's
@@ -725,7 +726,7 @@ class InterestsWorker:
         """
         app = self.app
         rebalances = app.rebalancing_count
-        taken = [(ev, self._decoded.pop(id(ev), None)) for ev in events]
+        taken = [(ev, self._decoded.pop((ev.message.tp, ev.message.offset), None)) for ev in events]
         if not app.flow_control.is_active():
             return list(events)
         generation = app.consumer_generation_id
