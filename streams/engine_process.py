@@ -116,9 +116,11 @@ class Batch(NamedTuple):
 
 
 class UserResult(NamedTuple):
-    """What became of a job: ``learned[i]`` for its i-th ``Learn`` (False: a duplicate or an
-    expired event). ``blob`` and ``record`` come when the state changed or ``publish`` was
-    asked; ``empty`` (no action left) means: delete the stored state, publish a tombstone."""
+    """What became of a job: ``learned[i]`` for its i-th ``Learn`` (False: a duplicate, an
+    expired event, or a rejected one). ``blob`` and ``record`` come when the state changed or
+    ``publish`` was asked; ``empty`` (no action left) means: delete the stored state, publish a
+    tombstone. ``rejected``: (event id, reason) of events the engine refused (an embedding of
+    another dimension than the user's state): dead letters."""
 
     user_id: str
     learned: list[bool]
@@ -126,6 +128,7 @@ class UserResult(NamedTuple):
     empty: bool
     blob: bytes | None
     record: bytes | None
+    rejected: list[tuple[str, str]]
 
 
 class EngineHost:
@@ -175,27 +178,32 @@ class EngineHost:
     def _apply_job(self, job: UserJob, vectors: np.ndarray, lookup: Any) -> UserResult:
         state = self._state(job, lookup)
         learned: list[bool] = []
+        rejected: list[tuple[str, str]] = []
         changed = False
         for op in job.ops:
             if op is FORGET:
                 state.forget()
                 changed = True
-            else:
+                continue
+            try:
                 ok = state.learn_one(op, vectors[op.row])
-                learned.append(ok)
-                changed = changed or ok
+            except ValueError as exc:  # the state is untouched: learn_one checks first
+                rejected.append((op.event_id, str(exc)))
+                ok = False
+            learned.append(ok)
+            changed = changed or ok
         # Lazy deletes: items deleted since this user's state last saw them.
         if self.deleted:
             for item_id in [i for i in state.seen_items if i in self.deleted]:
                 changed = state.forget_item(item_id) or changed
         if not changed and not job.publish:
-            return UserResult(job.user_id, learned, False, False, None, None)
+            return UserResult(job.user_id, learned, False, False, None, None, rejected)
         if state.n_actions == 0:
             self.states.pop(job.user_id, None)
-            return UserResult(job.user_id, learned, changed, True, None, None)
+            return UserResult(job.user_id, learned, changed, True, None, None, rejected)
         blob = state.to_bytes()
         record = interests_record(job.user_id, state, blob, self.publishing)
-        return UserResult(job.user_id, learned, changed, False, blob, record)
+        return UserResult(job.user_id, learned, changed, False, blob, record, rejected)
 
 
 class HeldUsers:

@@ -337,6 +337,19 @@ class ItemFeed:
             return
         puts = [r for r in latest.values() if r is not None]
         gone = [i for i, r in latest.items() if r is None]
+        # One dimension per item store (the first item's): another encoder's vectors need a
+        # new store. Skipped, not fatal: the feed must go on.
+        dim = self.db.items.dim or (len(puts[0].array()) if puts else None)
+        wrong = [r for r in puts if len(r.array()) != dim]
+        for r in wrong:
+            log.warning(
+                "skipping item embedding %s: %d-d, the item store holds %s-d vectors",
+                r.item_id,
+                len(r.array()),
+                dim,
+            )
+        if wrong:
+            puts = [r for r in puts if len(r.array()) == dim]
         with self.db.batch() as batch:
             if puts:
                 self.db.items.put_many(
@@ -814,10 +827,13 @@ class InterestsWorker:
             return [event for plan in chunk.planned for event in plan.events]
         outcomes.update(chunk.outcomes)
         observe = self.metrics.update_latency.observe
+        refused: list[tuple[_Planned, list[tuple[str, str]]]] = []
         for plan, result in zip(chunk.planned, results, strict=True):
             applied = sum(result.learned)
             outcomes["applied"] += applied
-            outcomes["duplicate"] += len(result.learned) - applied
+            outcomes["duplicate"] += len(result.learned) - applied - len(result.rejected)
+            if result.rejected:
+                refused.append((plan, result.rejected))
             if result.blob is None and not result.empty:
                 continue  # nothing changed
             _current_event.set(weakref.ref(plan.events[-1]))
@@ -836,7 +852,19 @@ class InterestsWorker:
         latency = time.perf_counter() - chunk.sent
         for _ in chunk.planned:
             observe(latency)
+        for plan, rejected in refused:  # after the writes: no await among them
+            await self._dead_letter_rejected(plan, rejected)
         return []
+
+    async def _dead_letter_rejected(self, plan: _Planned, rejected: list[tuple[str, str]]) -> None:
+        """Dead-letter the events of ``plan`` the engine refused, with its reason."""
+        by_id = dict(rejected)
+        for event in plan.events:
+            decoded = decode_for_topic(ENGAGEMENTS.name, event.value)
+            reason = by_id.pop(getattr(decoded, "event_id", ""), None)
+            if reason is not None:
+                msg = event.message
+                await self._dead_letter(event.value, reason, msg.partition, msg.offset, msg.key)
 
     def _deleted_since_sent(self) -> tuple[list[str], list[str]]:
         """Items deleted, and deleted items back, since the engine process last heard."""

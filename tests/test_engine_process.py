@@ -237,3 +237,24 @@ def test_the_local_engine_answers_like_the_child_process() -> None:
 
     local, child = asyncio.run(run())
     assert local == child
+
+
+def test_an_embedding_of_another_dimension_is_refused_alone_with_its_reason() -> None:
+    ids, vectors = item_vectors(6)
+    wide = np.ones((1, DIM + 4), dtype=np.float32)
+    host = EngineHost(InterestConfig(), Publishing(), cache_users=10)
+    host.apply(Batch([UserJob("u", None, True, [learn(1, 1)], False)], ids, vectors, [], []))
+    before = host.states["u"].to_bytes()
+    [refused] = host.apply(
+        Batch([UserJob("u", None, False, [learn(2, 0)], False)], ["iw"], wide, [], [])
+    )
+    assert refused.learned == [False] and not refused.changed
+    assert refused.rejected == [
+        ("u-e2", f"embedding has dim {DIM + 4}, this user's state has dim {DIM}")
+    ]
+    assert host.states["u"].to_bytes() == before
+    # The user's other events still apply.
+    [after] = host.apply(
+        Batch([UserJob("u", None, False, [learn(3, 2)], False)], ids, vectors, [], [])
+    )
+    assert after.learned == [True] and after.rejected == []

@@ -314,6 +314,47 @@ def test_deleted_items_leave_users_at_their_next_event_and_parking_is_bounded(
         stop(proc)
 
 
+def test_an_item_embedding_of_another_dimension_is_skipped_and_its_engagement_waits(
+    fresh_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    settings = fresh_broker.settings()
+    rng = np.random.default_rng(9)
+    vectors = {f"i{n}": v.astype(np.float32) for n, v in enumerate(rng.normal(size=(3, 32)))}
+    wide = {"wide": rng.normal(size=48).astype(np.float32)}  # another encoder's dimension
+    publish_item_vectors(settings, vectors)
+    publish_item_vectors(settings, wide)
+    t0 = 1_700_000_000_000
+    with Publisher(settings) as pub:
+        pub.publish_many(
+            [_engagement(0, "i0", t0), _engagement(1, "wide", t0 + 1), _engagement(2, "i1", t0 + 2)]
+        )
+    port = free_port()
+    proc = start_interests_worker(
+        fresh_broker.bootstrap_servers, tmp_path / "w", extra=["--metrics-port", str(port)]
+    )
+
+    def seen() -> set[str]:
+        blob = worker_states(settings).get("u")
+        if blob is None:
+            return set()
+        return set(InterestClusters.from_bytes(blob, lambda ids: _lookup(vectors, ids)).seen_items)
+
+    try:
+        wait_for(lambda: seen() == {"i0", "i1"}, 60, what="the other items applied", alive=[proc])
+        # The store keeps one dimension: that item never got a vector here, so its engagement
+        # is parked like any other engagement on an item without an embedding.
+        assert _metric(port, "recstream_interest_parked_events") == 1
+        wait_for(
+            lambda: _metric(port, "recstream_interest_item_vectors") == 3,
+            20,
+            what="three item vectors stored",
+            alive=[proc],
+        )
+    finally:
+        stop(proc)
+    assert "skipping item embedding wide: 48-d" in (tmp_path / "w.log").read_text()
+
+
 def _engagement(n: int, item_id: str, ts: int) -> Engagement:
     return Engagement(event_id=f"e{n}", user_id="u", item_id=item_id, action="click", ts=ts)
 
