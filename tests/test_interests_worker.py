@@ -24,6 +24,7 @@ from streams.interests_worker import use_event_loop
 from streams.publish import Publisher
 from streams.replay import read_topic
 from streams.schemas import Engagement, UserDeleted
+from streams.settings import KafkaSettings
 from streams.topics import DEAD_LETTERS, ENGAGEMENTS, ITEM_EMBEDDINGS
 from tests._streaming import (
     offline_states,
@@ -271,10 +272,7 @@ def test_deleted_items_leave_users_at_their_next_event_and_parking_is_bounded(
     )
 
     def seen() -> set[str]:
-        blob = worker_states(settings).get("u")
-        if blob is None:
-            return set()
-        return set(InterestClusters.from_bytes(blob, lambda ids: _lookup(vectors, ids)).seen_items)
+        return _seen_items(settings, vectors)
 
     try:
         wait_for(lambda: seen() == {"i0", "i1", "i2"}, 60, what="known items applied", alive=[proc])
@@ -334,10 +332,7 @@ def test_an_item_embedding_of_another_dimension_is_skipped_and_its_engagement_wa
     )
 
     def seen() -> set[str]:
-        blob = worker_states(settings).get("u")
-        if blob is None:
-            return set()
-        return set(InterestClusters.from_bytes(blob, lambda ids: _lookup(vectors, ids)).seen_items)
+        return _seen_items(settings, vectors)
 
     try:
         wait_for(lambda: seen() == {"i0", "i1"}, 60, what="the other items applied", alive=[proc])
@@ -353,6 +348,14 @@ def test_an_item_embedding_of_another_dimension_is_skipped_and_its_engagement_wa
     finally:
         stop(proc)
     assert "skipping item embedding wide: 48-d" in (tmp_path / "w.log").read_text()
+
+
+def _seen_items(settings: KafkaSettings, vectors: dict[str, np.ndarray]) -> set[str]:
+    """The items user "u"'s published state holds (empty before it has one)."""
+    blob = worker_states(settings).get("u")
+    if blob is None:
+        return set()
+    return set(InterestClusters.from_bytes(blob, lambda ids: _lookup(vectors, ids)).seen_items)
 
 
 def _engagement(n: int, item_id: str, ts: int) -> Engagement:
