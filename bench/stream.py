@@ -334,8 +334,8 @@ def main() -> None:
                 time.sleep(0.2)
             if not t_last:
                 raise RuntimeError("worker did not finish in time")
-            # From the moment its agent began taking events (its item feed loaded), not from
-            # its first applied event: that comes only after its whole first batch.
+            # From the moment it could take events (item feed loaded, partitions assigned), not
+            # from its first applied event: that comes only after its whole first batch.
             worker_s = t_last - worker_metric(port, "recstream_interest_consuming_since_seconds ")
             batches = worker_metric(port, "recstream_interest_batch_events_count ")
             mean_batch = worker_metric(port, "recstream_interest_batch_events_sum ") / batches

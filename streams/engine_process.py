@@ -388,7 +388,12 @@ class LocalEngine:
 
     def apply(self, batch: Batch) -> asyncio.Future[list[UserResult]]:
         future: asyncio.Future[list[UserResult]] = asyncio.get_running_loop().create_future()
-        future.set_result(self._host.apply(batch))
+        try:
+            reply: Any = self._host.apply(batch)
+        except Exception as exc:  # as the child process does: forget every state, report
+            self._host.clear()
+            reply = exc
+        _settle(future, reply)
         return future
 
     async def clear(self) -> None:

@@ -158,7 +158,7 @@ class _Planned(NamedTuple):
     """One user's part of a chunk, as planned by the worker (see ``UserJob``)."""
 
     user_id: str
-    events: list[Any]  # the faust events
+    pairs: list[tuple[Any, Any]]  # (faust event, decoded event)
     stored: bytes | None
     fresh: bool
     ops: list[Learn | None]
@@ -225,7 +225,7 @@ class WorkerMetrics:
         )
         self.update_latency = Histogram(
             "recstream_interest_update_seconds",
-            "Time to apply one batch of one user's events",
+            "Time from a user's events sent to the engine to their results written (per user)",
             buckets=(1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0),
             registry=registry,
         )
@@ -339,17 +339,17 @@ class ItemFeed:
         gone = [i for i, r in latest.items() if r is None]
         # One dimension per item store (the first item's): another encoder's vectors need a
         # new store. Skipped, not fatal: the feed must go on.
-        dim = self.db.items.dim or (len(puts[0].array()) if puts else None)
-        wrong = [r for r in puts if len(r.array()) != dim]
-        for r in wrong:
-            log.warning(
-                "skipping item embedding %s: %d-d, the item store holds %s-d vectors",
-                r.item_id,
-                len(r.array()),
-                dim,
-            )
-        if wrong:
-            puts = [r for r in puts if len(r.array()) == dim]
+        # (``dim`` is checked against the vector when the record is decoded.)
+        dim = self.db.items.dim or (puts[0].dim if puts else None)
+        for r in puts:
+            if r.dim != dim:
+                log.warning(
+                    "skipping item embedding %s: %d-d, the item store holds %s-d vectors",
+                    r.item_id,
+                    r.dim,
+                    dim,
+                )
+        puts = [r for r in puts if r.dim == dim]
         with self.db.batch() as batch:
             if puts:
                 self.db.items.put_many(
@@ -824,7 +824,7 @@ class InterestsWorker:
             self._held.clear()
             self._positions.clear()
             await self.engine.clear()
-            return [event for plan in chunk.planned for event in plan.events]
+            return [event for plan in chunk.planned for event, _ in plan.pairs]
         outcomes.update(chunk.outcomes)
         observe = self.metrics.update_latency.observe
         refused: list[tuple[_Planned, list[tuple[str, str]]]] = []
@@ -836,7 +836,7 @@ class InterestsWorker:
                 refused.append((plan, result.rejected))
             if result.blob is None and not result.empty:
                 continue  # nothing changed
-            _current_event.set(weakref.ref(plan.events[-1]))
+            _current_event.set(weakref.ref(plan.pairs[-1][0]))
             user_id = plan.user_id
             if result.empty:
                 self._held.drop(user_id)
@@ -859,9 +859,8 @@ class InterestsWorker:
     async def _dead_letter_rejected(self, plan: _Planned, rejected: list[tuple[str, str]]) -> None:
         """Dead-letter the events of ``plan`` the engine refused, with its reason."""
         by_id = dict(rejected)
-        for event in plan.events:
-            decoded = decode_for_topic(ENGAGEMENTS.name, event.value)
-            reason = by_id.pop(getattr(decoded, "event_id", ""), None)
+        for event, ev in plan.pairs:
+            reason = by_id.pop(ev.event_id, None) if isinstance(ev, Engagement) else None
             if reason is not None:
                 msg = event.message
                 await self._dead_letter(event.value, reason, msg.partition, msg.offset, msg.key)
@@ -967,8 +966,7 @@ class InterestsWorker:
                     self._parked_users.discard(user_id)
         if applied_at is not None:
             self._positions[user_id] = applied_at
-        faust_events = [event for event, _ in events]
-        return _Planned(user_id, faust_events, stored, fresh, ops, redelivered, applied_at)
+        return _Planned(user_id, events, stored, fresh, ops, redelivered, applied_at)
 
     def _parked_of(self, user_id: str) -> dict[str, str]:
         if self._parked_users is not None and user_id not in self._parked_users:
@@ -1087,7 +1085,7 @@ class InterestsWorker:
         cfg = self.config
         engine = ENGINES[cfg.engine_in](cfg.engine, cfg.publishing, cfg.state_cache_users)
         self._engine = engine
-        heap = FreezeSurvivors(self.config.full_gc_every_s) if self.config.full_gc_every_s else None
+        heap = FreezeSurvivors(cfg.full_gc_every_s) if cfg.full_gc_every_s else None
         if heap is not None:
             heap.install()
         clean = False

@@ -258,3 +258,21 @@ def test_an_embedding_of_another_dimension_is_refused_alone_with_its_reason() ->
         Batch([UserJob("u", None, False, [learn(3, 2)], False)], ids, vectors, [], [])
     )
     assert after.learned == [True] and after.rejected == []
+
+
+def test_the_local_engine_reports_its_errors_like_the_child_process() -> None:
+    from streams.engine_process import LocalEngine
+
+    ids, vectors = item_vectors(4)
+
+    async def run() -> None:
+        engine = LocalEngine(InterestConfig(), Publishing(), 10)
+        await engine.apply(
+            Batch([UserJob("u1", None, True, [learn(1, 1, "u1")], False)], ids, vectors, [], [])
+        )
+        unknown = UserJob("u0", None, False, [learn(9, 1, "u0")], False)
+        with pytest.raises(EngineProcessError, match="does not hold user 'u0'"):
+            await engine.apply(Batch([unknown], ids, vectors, [], []))
+        assert engine._host.states == {}  # forgotten, as the child forgets on an error
+
+    asyncio.run(run())
