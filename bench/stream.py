@@ -177,7 +177,7 @@ async def _freshness(
     consumer = AIOKafkaConsumer(
         **settings.aiokafka(), group_id=None, enable_auto_commit=False, fetch_max_wait_ms=10
     )
-    producer = AIOKafkaProducer(**settings.aiokafka(), acks="all", linger_ms=int(os.environ.get("LINGER", "5")))
+    producer = AIOKafkaProducer(**settings.aiokafka(), acks="all", linger_ms=5)
     await consumer.start()
     await producer.start()
     sent: dict[str, float] = {}
