@@ -29,8 +29,9 @@ Guarantee: at-least-once from Kafka, exactly-once in effect: each stored state c
 A batch's changelog and ``user-interests`` records go out through an ``Outbox`` (one record
 batch per partition) and are confirmed by the broker before the batch's offsets are acked,
 hence before faust can commit them; they are on their way while the next batch is worked on
-(one batch in flight, sent in order; a revocation waits for it). A rebalance cuts a batch short between two chunks; what
-is left is not acked and comes again after the rebalance (``InterestsWorker.process``). Table
+(one batch in flight, sent in order; a revocation waits for it). A rebalance cuts a batch
+short between two chunks; what is left is not acked and comes again after the rebalance
+(``InterestsWorker.process``). Table
 writes need faust's "current event" (it picks the changelog partition from it); a batch from
 ``take_waiting`` has none, so the agent sets it to the user's last event before writing.
 
@@ -753,7 +754,7 @@ class InterestsWorker:
     async def _housekeeping(self) -> None:
         await self._republish_arrived()
         await self._update_lag()
-        self.metrics.items.set(len(self.items_db.items))
+        self.metrics.items.set(self.items_db.items.estimated_len())
 
     # -- processing ---------------------------------------------------------------------
 

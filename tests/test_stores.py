@@ -46,6 +46,7 @@ def test_items_round_trip_with_encoder_version_metadata_and_ts(tmp_path: Path) -
         assert (c.encoder_version, c.metadata, c.ts) == ("minilm-2", {"title": "ünïcode"}, 3)
         assert db.items.get("nope") is None
         assert len(db.items) == 4 and "b" in db.items and "nope" not in db.items
+        assert db.items.estimated_len() == 4  # what the worker's gauge reads, without a scan
         assert db.items.dim == 8
         assert [item.item_id for item in db.items.iterate()] == ["a", "b", "c", "d"]
 
