@@ -69,3 +69,46 @@ def test_a_backlog_comes_in_full_batches_and_a_lone_event_at_once(
     finally:
         app.terminate()
         app.wait(timeout=30)
+
+
+def committed(bootstrap: str, group: str, topic: str) -> int:
+    """Events of ``topic`` the consumer group has committed (sum over partitions)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        offsets = admin.list_group_offsets(group).get(group, {})
+    finally:
+        admin.close()
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
+
+
+def test_with_caller_acks_a_batch_is_committed_only_once_the_caller_acks_it(
+    fresh_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    settings = fresh_broker.settings()
+    admin = KafkaAdminClient(bootstrap_servers=fresh_broker.bootstrap_servers)
+    admin.create_topics([NewTopic("take-acks", 2, 1)])
+    admin.close()
+    with Publisher(settings) as pub:
+        for n in range(1000):
+            pub.send("take-acks", str(n).encode(), key=f"k{n % 31}".encode())
+    out = tmp_path / "batches.jsonl"
+    args = [fresh_broker.bootstrap_servers, "take-acks", "400", "600", out, "caller"]
+    app = subprocess.Popen(
+        [sys.executable, str(APP), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        group = wait_for(out, 1000, timeout_s=90)[-1]["group"]
+        time.sleep(1.5)  # several commit intervals
+        assert committed(fresh_broker.bootstrap_servers, group, "take-acks") == 0
+        with Publisher(settings) as pub:
+            pub.send("take-acks", b"release", key=b"k0")
+        wait_for(out, 1001, timeout_s=30)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if committed(fresh_broker.bootstrap_servers, group, "take-acks") == 1001:
+                break
+            time.sleep(0.2)
+        assert committed(fresh_broker.bootstrap_servers, group, "take-acks") == 1001
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
