@@ -134,9 +134,8 @@ class Outbox:
 
     async def send(self, batches: list[tuple[tuple[str, int], Any]]) -> dict[tuple[str, int], int]:
         """Send what ``take`` returned; return, once the broker has them all, the offset of
-        the last record written per (topic, partition). Records may be added meanwhile; a
-        caller sends their ``take`` only after this returns, which keeps each partition's
-        records in order (the interests worker does)."""
+        the last record written per (topic, partition). Records of a later ``take`` may be
+        added meanwhile: sending them waits for this to return (per-partition order)."""
         if not batches:
             return {}
         producer = self._producer
