@@ -27,16 +27,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 
-async def take_waiting(
-    stream: Any, max_: int, within: float, *, caller_acks: bool = False
-) -> AsyncIterator[list[Any]]:
+async def take_waiting(stream: Any, max_: int, within: float) -> AsyncIterator[list[Any]]:
     """Yield lists of the faust ``Event``s of ``stream``: a list closes when it holds every
     event the broker had (the stream's queue is empty and the partitions read are at their
     high watermarks), when it holds ``max_`` events, or ``within`` seconds after the previous
     list was handed over. The next list fills while the caller works on one. The events left in
     a list are acked when the caller asks for the next one (a caller removes the events it did
-    not handle); with ``caller_acks`` the caller acks them (``stream.ack``) when it likes, so
-    it may take the next list while the last one's output is still on its way."""
+    not handle)."""
     if max_ < 1:
         raise ValueError(f"max_ must be at least 1: {max_}")
     events: list[Any] = []
@@ -101,9 +98,6 @@ async def take_waiting(
             events.clear()
             handed_at = loop.time()
             taken.set()  # the filler goes on with the next batch
-            if caller_acks:
-                yield batch
-                continue
             try:
                 yield batch
             finally:

@@ -28,10 +28,8 @@ Guarantee: at-least-once from Kafka, exactly-once in effect: each stored state c
 (partition, offset) of the last engagement it holds, and the engine skips event ids it applied.
 A batch's changelog and ``user-interests`` records go out through an ``Outbox`` (one record
 batch per partition) and are confirmed by the broker before the batch's offsets are acked,
-hence before faust can commit them; they are on their way while the next batch is worked on
-(one batch in flight, sent in order; a revocation waits for it). A rebalance cuts a batch
-short between two chunks; what is left is not acked and comes again after the rebalance
-(``InterestsWorker.process``). Table
+hence before faust can commit them. A rebalance cuts a batch short between two chunks; what
+is left is not acked and comes again after the rebalance (``InterestsWorker.process``). Table
 writes need faust's "current event" (it picks the changelog partition from it); a batch from
 ``take_waiting`` has none, so the agent sets it to the user's last event before writing.
 
@@ -412,7 +410,7 @@ class _UnloggedRocksDB:
 
 def _outbox_table(outbox: Outbox, touched: set[tuple[Any, int]]) -> type:
     """A faust Table class whose changelog records go to ``outbox`` (sent with the batch's
-    other records by ``InterestsWorker._deliver``), noting each written (table,
+    other records by ``InterestsWorker._confirm_delivery``), noting each written (table,
     changelog partition) in ``touched``; its RocksDB stores write without a WAL."""
     import faust
 
@@ -527,9 +525,6 @@ class InterestsWorker:
         self.outbox = Outbox(settings, client_id=f"{cfg.app_id}-outbox")
         # (table, changelog partition) written in the current batch: end markers, offsets.
         self._touched: set[tuple[Any, int]] = set()
-        # The last batch's delivery (records sent, then its events acked), while the next
-        # batch is worked on.
-        self._delivery: asyncio.Future[None] | None = None
         self.app = faust.App(
             cfg.app_id,
             broker=settings.faust_broker(),
@@ -618,10 +613,6 @@ class InterestsWorker:
             self.metrics.consuming_since.set_to_current_time()
 
     async def _on_revoked(self, app: Any, *args: Any, **kwargs: Any) -> None:
-        # The batch in flight is acked before faust commits what the revoked partitions did
-        # (its changelog records land before a new owner reads them); a failure is the agent's.
-        if self._delivery is not None:
-            await asyncio.wait([self._delivery])
         # Another worker may own these users next: forget what we cached about them.
         self._held.clear()
         if self._engine is not None:
@@ -672,7 +663,7 @@ class InterestsWorker:
         stream.add_processor(decode)  # before take_waiting's
         try:
             async for events in take_waiting(
-                stream, self.config.batch_size, self.config.batch_within_s, caller_acks=True
+                stream, self.config.batch_size, self.config.batch_within_s
             ):
                 self.metrics.batch_size.observe(len(events))
                 try:
@@ -683,31 +674,24 @@ class InterestsWorker:
                     log.critical("%s: stopping the worker", exc)
                     await self.app.crash(exc)
                     raise
-                # The previous batch's records were sending while this one was worked on: they
-                # go first (one batch in flight), then this batch's go while the next is taken.
-                await self._delivered()
-                self._delivery = asyncio.ensure_future(
-                    self._deliver(stream, self._take_records(), events, undone)
-                )
+                await self._confirm_delivery()
+                if undone:
+                    # Not acked, so not committed: the rebalance seeks every partition back to
+                    # its committed offset and they come again, to whoever owns them then.
+                    events[:] = ackable(events, undone)
+                    self.metrics.deferred.inc(len(undone))
                 await self._update_lag()
         finally:
-            try:
-                await self._delivered()
-            finally:
-                stream._processors.remove(decode)
-                decoded.clear()
-                await self.outbox.stop()
+            stream._processors.remove(decode)
+            decoded.clear()
+            await self.outbox.stop()
 
-    async def _delivered(self) -> None:
-        """Wait until the batch in flight is delivered and its events acked (raises what its
-        delivery raised)."""
-        delivery, self._delivery = self._delivery, None
-        if delivery is not None:
-            await delivery
+    async def _confirm_delivery(self) -> None:
+        """Send the batch's changelog and output records; wait until the broker has them all.
 
-    def _take_records(self) -> tuple[list[tuple[Any, int]], list[tuple[tuple[str, int], Any]]]:
-        """The batch's written changelog partitions and every record it queued in the outbox
-        (records queued later belong to the next batch)."""
+        The batch's offsets are acked (hence committable) right after this returns, so a
+        SIGKILL at any point loses no event: what was not confirmed is consumed again.
+        """
         touched = sorted(self._touched, key=lambda tp: (tp[0].name, tp[1]))
         self._touched.clear()
         if touched and self.settings.one_record_batches:
@@ -718,24 +702,9 @@ class InterestsWorker:
                 topic = table.changelog_topic.get_topic_name()
                 key = table.changelog_key(END_MARKER_KEY)
                 self.outbox.add(topic, key, None, partition=partition)
-        return touched, self.outbox.take()
-
-    async def _deliver(
-        self,
-        stream: Any,
-        records: tuple[list[tuple[Any, int]], list[tuple[tuple[str, int], Any]]],
-        events: list[Any],
-        undone: list[Any],
-    ) -> None:
-        """Send a batch's changelog and output records; once the broker has them all, ack the
-        batch's events (so they become committable).
-
-        A SIGKILL at any point loses no event: what was not confirmed is consumed again.
-        """
+        written = await self.outbox.flush()
         from faust.types import TP
 
-        touched, batches = records
-        written = await self.outbox.send(batches)
         # What faust does per changelog record: the local store remembers how far it is
         # written, so a restart replays only the changelog's tail into it.
         for table, partition in touched:
@@ -743,13 +712,6 @@ class InterestsWorker:
             offset = written.get((topic, partition))
             if offset is not None:
                 table.data.set_persisted_offset(TP(topic, partition), offset)
-        if undone:
-            # Not acked, so not committed: the rebalance seeks every partition back to its
-            # committed offset and they come again, to whoever owns them then.
-            events = ackable(events, undone)
-            self.metrics.deferred.inc(len(undone))
-        for event in events:
-            await stream.ack(event)
 
     async def _housekeeping(self) -> None:
         await self._republish_arrived()

@@ -125,17 +125,11 @@ class Outbox:
         self._full.extend(self._open.items())
         self._open = {}
 
-    def take(self) -> list[tuple[tuple[str, int], Any]]:
-        """Every queued record batch, in the order ``add`` made them; the outbox is empty
-        after (records added from now on go into new batches). ``send`` sends them."""
+    async def flush(self) -> dict[tuple[str, int], int]:
+        """Send every queued record; return, once the broker has them all, the offset of the
+        last record written per (topic, partition)."""
         batches = [*self._full, *self._open.items()]
         self._full, self._open, self._pending = [], {}, 0
-        return batches
-
-    async def send(self, batches: list[tuple[tuple[str, int], Any]]) -> dict[tuple[str, int], int]:
-        """Send what ``take`` returned; return, once the broker has them all, the offset of
-        the last record written per (topic, partition). Records of a later ``take`` may be
-        added meanwhile: sending them waits for this to return (per-partition order)."""
         if not batches:
             return {}
         producer = self._producer
@@ -151,8 +145,3 @@ class Outbox:
         for (tp, count, _), md in zip(sent, metadata, strict=True):
             last[tp] = max(last.get(tp, -1), md.offset + count - 1)
         return last
-
-    async def flush(self) -> dict[tuple[str, int], int]:
-        """Send every queued record; return, once the broker has them all, the offset of the
-        last record written per (topic, partition)."""
-        return await self.send(self.take())

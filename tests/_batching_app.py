@@ -1,10 +1,8 @@
 """A faust app whose agent takes ``take_waiting`` batches and logs them (run as a script by
-tests/test_batching.py):
-``python tests/_batching_app.py BOOTSTRAP TOPIC MAX WITHIN OUT [caller]``.
+tests/test_batching.py): ``python tests/_batching_app.py BOOTSTRAP TOPIC MAX WITHIN OUT``.
 
-Each batch is one JSON line in OUT: its size, the event values, the time it was handed over
-(``time.time()``) and the app's consumer group. With ``caller`` the agent acks events itself:
-none until it takes an event ``release``, then every event it has taken.
+Each batch is one JSON line in OUT: its size, the event values and the time it was handed
+over (``time.time()``).
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ def main() -> None:
     from streams.batching import take_waiting
 
     bootstrap, topic_name, max_, within, out = sys.argv[1:6]
-    caller_acks = sys.argv[6:7] == ["caller"]
     app = faust.App(
         f"take-waiting-{time.time_ns()}",
         broker=f"kafka://{bootstrap}",
@@ -36,7 +33,6 @@ def main() -> None:
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         stream_wait_empty=False,
-        broker_commit_interval=0.2,
     )
     topic = app.topic(
         topic_name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
@@ -45,17 +41,9 @@ def main() -> None:
 
     @app.agent(topic)
     async def take(stream):  # type: ignore[no-untyped-def]
-        held: list = []
-        async for events in take_waiting(stream, int(max_), float(within), caller_acks=caller_acks):
+        async for events in take_waiting(stream, int(max_), float(within)):
             values = [ev.value.decode() for ev in events]
-            line = {"n": len(events), "values": values, "at": time.time(), "group": app.conf.id}
-            log.write(json.dumps(line) + "\n")
-            if caller_acks:
-                held.extend(events)
-                if "release" in values:
-                    for event in held:
-                        await stream.ack(event)
-                    held = []
+            log.write(json.dumps({"n": len(events), "values": values, "at": time.time()}) + "\n")
 
     faust.Worker(app, loglevel="warn", quiet=True).execute_from_commandline()
 

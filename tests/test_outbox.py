@@ -66,33 +66,3 @@ def test_an_outbox_that_was_not_started_refuses_records(fresh_broker: EmbeddedBr
     outbox = Outbox(fresh_broker.settings())
     with pytest.raises(RuntimeError, match="not started"):
         outbox.add(USER_INTERESTS.name, b"u1", b"v")
-
-
-def test_records_added_while_a_taken_batch_is_sending_go_with_the_next_send(
-    fresh_broker: EmbeddedBroker,
-) -> None:
-    settings = fresh_broker.settings()
-    ensure_topics(settings)
-    key = b"u1"
-
-    async def send() -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]]:
-        outbox = Outbox(settings)
-        await outbox.start([USER_INTERESTS.name])
-        try:
-            outbox.add(USER_INTERESTS.name, key, b"first")
-            taken = outbox.take()
-            assert outbox.pending == 0
-            sending = asyncio.ensure_future(outbox.send(taken))
-            outbox.add(USER_INTERESTS.name, key, b"second")  # while the first is on its way
-            first = await sending
-            second = await outbox.send(outbox.take())
-            return first, second
-        finally:
-            await outbox.stop()
-
-    first, second = asyncio.run(send())
-    home = kafka_partition(key, USER_INTERESTS.partitions)
-    records = [r for r in read_topic(settings, USER_INTERESTS.name, idle_timeout_s=1.0)]
-    assert [(r.partition, r.value) for r in records] == [(home, b"first"), (home, b"second")]
-    assert first == {(USER_INTERESTS.name, home): records[0].offset}
-    assert second == {(USER_INTERESTS.name, home): records[1].offset}
