@@ -45,8 +45,8 @@ _NO_TS = np.iinfo(np.int64).max
 _TS_MIN = int(np.iinfo(np.int64).min)
 _ONE = np.ones(1, dtype=np.int64)
 # magic, version, dim, actions, clusters, applied, newest ts, has-last, byte lengths of the
-# last event id, item ids and event ids.
-_HEADER = "<4sBHIHQqBIII"
+# last event id, item ids and event ids. The last event id follows the header.
+STATE_HEADER = _HEADER = "<4sBHIHQqBIII"
 
 DEFAULT_ACTION_WEIGHTS: Mapping[str, float] = MappingProxyType(
     {"view": 1.0, "click": 2.0, "like": 3.0, "rate": 3.0, "save": 4.0, "purchase": 5.0}

@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from streams.broker import EMBEDDED_ENV
-from streams.interests import InterestClusters, InterestConfig
+from streams.interests import STATE_HEADER, InterestClusters, InterestConfig
 from streams.interests_worker import APP_ID, STATE_POSITION
 from streams.publish import Publisher
 from streams.replay import read_topic
@@ -107,8 +108,10 @@ def wait_for(
     interval_s: float = 0.5,
     what: str = "",
     alive: Sequence[subprocess.Popen[bytes]] = (),
+    explain: Callable[[], str] | None = None,
 ) -> None:
-    """Poll ``predicate``; fail early if one of the ``alive`` processes died."""
+    """Poll ``predicate``; fail early if one of the ``alive`` processes died. On a timeout the
+    failure says what ``explain`` returns (what is still wrong)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         dead = [p.args for p in alive if p.poll() is not None]
@@ -117,7 +120,31 @@ def wait_for(
         if predicate():
             return
         time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what or predicate}")
+    detail = f": {explain()}" if explain is not None else ""
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what or predicate}{detail}")
+
+
+def state_differences(got: dict[str, bytes], expected: dict[str, bytes], shown: int = 5) -> str:
+    """Which users' published states differ from the expected ones, and how: actions held,
+    events applied and the last event id of each side (read from the state header)."""
+
+    def summary(blob: bytes | None) -> str:
+        if blob is None:
+            return "none"
+        fields = struct.unpack_from(STATE_HEADER, blob)
+        n, applied, last_len = fields[3], fields[5], fields[8]
+        start = struct.calcsize(STATE_HEADER)
+        last = blob[start : start + last_len].decode(errors="replace")
+        return f"{n} actions, {applied} applied, last {last}"
+
+    users = sorted(u for u in got.keys() | expected.keys() if got.get(u) != expected.get(u))
+    if not users:
+        return "no user differs"
+    shown_users = "; ".join(
+        f"{u}: got {summary(got.get(u))}, expected {summary(expected.get(u))}"
+        for u in users[:shown]
+    )
+    return f"{len(users)} of {len(expected)} users differ ({shown_users})"
 
 
 def start_interests_worker(

@@ -30,6 +30,7 @@ from tests._streaming import (
     offline_states,
     publish_item_vectors,
     start_interests_worker,
+    state_differences,
     stop,
     table_states,
     topic_vectors,
@@ -60,6 +61,7 @@ def test_worker_matches_the_offline_engine_and_handles_bad_and_deleted(
             lambda: worker_states(settings) == expected,
             90,
             what="states equal offline",
+            explain=lambda: state_differences(worker_states(settings), expected),
             alive=[proc],
         )
         # Published views are smaller; the table holds the full states, bit for bit.
@@ -105,6 +107,7 @@ def test_two_workers_split_partitions_and_agree_with_one(
             lambda: worker_states(settings) == expected,
             120,
             what="states equal offline",
+            explain=lambda: state_differences(worker_states(settings), expected),
             alive=workers,
         )
         applied = [_metric(p, "recstream_interest_events_total", outcome="applied") for p in ports]
@@ -186,6 +189,7 @@ def test_sigkill_halfway_then_restart_loses_nothing_and_double_counts_nothing(
                 lambda: worker_states(settings) == expected,
                 240,
                 what="states equal offline",
+                explain=lambda: state_differences(worker_states(settings), expected),
                 alive=[proc],
             )
         assert table_states(settings) == offline_states(data.engagements, vectors, view=False)
