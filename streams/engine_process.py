@@ -145,6 +145,15 @@ class EngineHost:
     def clear(self) -> None:
         self.states.clear()
 
+    def answer(self, batch: Batch) -> list[UserResult] | Exception:
+        """``apply``, or the error it raised, with every state forgotten (some may be half
+        applied): what the worker is told, from a child process or from ``LocalEngine``."""
+        try:
+            return self.apply(batch)
+        except Exception as exc:
+            self.clear()
+            return exc
+
     def apply(self, batch: Batch) -> list[UserResult]:
         self.deleted.difference_update(batch.undeleted)
         self.deleted.update(batch.deleted)
@@ -256,11 +265,7 @@ def _serve(
         if message[0] == "clear":
             host.clear()
             continue
-        try:
-            reply: Any = host.apply(message[1])
-        except Exception as exc:  # sent back: the worker raises it
-            host.clear()
-            reply = exc
+        reply = host.answer(message[1])  # an error is sent back: the worker raises it
         try:
             results.send(reply)
         except (BrokenPipeError, OSError):
@@ -388,12 +393,7 @@ class LocalEngine:
 
     def apply(self, batch: Batch) -> asyncio.Future[list[UserResult]]:
         future: asyncio.Future[list[UserResult]] = asyncio.get_running_loop().create_future()
-        try:
-            reply: Any = self._host.apply(batch)
-        except Exception as exc:  # as the child process does: forget every state, report
-            self._host.clear()
-            reply = exc
-        _settle(future, reply)
+        _settle(future, self._host.answer(batch))
         return future
 
     async def clear(self) -> None:

@@ -166,6 +166,14 @@ class _Planned(NamedTuple):
     position: tuple[int, int] | None  # of the user's last engagement in this chunk
 
 
+def _engagement_or_error(raw: bytes | None) -> Any:
+    """An ``engagements`` message decoded, or the ``InvalidEvent`` saying why it is not one."""
+    try:
+        return decode_for_topic(ENGAGEMENTS.name, raw)
+    except InvalidEvent as exc:
+        return exc
+
+
 class _BatchVectors:
     """The item vectors of a chunk: ``ids[i]`` is row ``i``; rows added as lookups come."""
 
@@ -654,10 +662,7 @@ class InterestsWorker:
         def decode(value: Any) -> Any:
             # As events are taken, so while the previous batch is worked on.
             message = stream.current_event.message
-            try:
-                decoded[message.tp, message.offset] = decode_for_topic(ENGAGEMENTS.name, value)
-            except InvalidEvent as exc:
-                decoded[message.tp, message.offset] = exc
+            decoded[message.tp, message.offset] = _engagement_or_error(value)
             return value
 
         stream.add_processor(decode)  # before take_waiting's
@@ -753,11 +758,8 @@ class InterestsWorker:
             self._next_offset[msg.partition] = max(
                 self._next_offset.get(msg.partition, 0), msg.offset + 1
             )
-            if decoded is None:
-                try:
-                    decoded = decode_for_topic(ENGAGEMENTS.name, ev.value)
-                except InvalidEvent as exc:
-                    decoded = exc
+            if decoded is None:  # not taken through the agent's decoder
+                decoded = _engagement_or_error(ev.value)
             if isinstance(decoded, InvalidEvent):
                 reason = decoded.reason
                 await self._dead_letter(ev.value, reason, msg.partition, msg.offset, msg.key)
