@@ -2,7 +2,9 @@
 
 1. Pre-load N engagements (and item embeddings, dim 384) into the embedded broker.
 2. Run a bare faust agent that only consumes the same topic (``take_events``, count): its
-   events/s is the ceiling for any faust worker here.
+   events/s is the ceiling for any faust worker here (``bare_eps``, the contract's baseline).
+   Then the same agent on the worker's own consumer (``streams.faust_consumer``, no task per
+   message): ``bare_quick_eps``, the ceiling for a worker on that consumer.
 3. Run the real interests worker (a process, as deployed) and time first -> last event applied
    (from its Prometheus counter).
 4. Freshness: with the worker caught up, publish engagements at a steady rate and time each
@@ -44,9 +46,11 @@ HISTORY_TS = 1_700_000_000_000  # event time of the first preloaded engagement (
 PUBLISH_TICK_S = 0.005
 
 
-def bare_agent(bootstrap: str, n: int, app_id: str, datadir: str) -> None:
+def bare_agent(bootstrap: str, n: int, app_id: str, datadir: str, quick: bool = False) -> None:
     """Subprocess mode: a faust agent that only consumes; prints first->last seconds. It runs
-    on the event loop the interests worker runs on by default (uvloop), like for like."""
+    on the event loop the interests worker runs on by default (uvloop), like for like. With
+    ``quick``, on the consumer the worker has (``streams.faust_consumer``): what that alone
+    buys a consume-only loop."""
     import faust
 
     from streams.interests_worker import use_event_loop
@@ -65,6 +69,10 @@ def bare_agent(bootstrap: str, n: int, app_id: str, datadir: str) -> None:
         web_enabled=False,
         stream_wait_empty=False,
     )
+    if quick:
+        from streams.faust_consumer import use_quick_consumer
+
+        use_quick_consumer(app)
     topic = app.topic(
         ENGAGEMENTS.name,
         key_type=bytes,
@@ -143,6 +151,24 @@ class Workload:
             )
             for i in range(n)
         ]
+
+
+def run_bare_agent(
+    bootstrap: str, n: int, app_id: str, datadir: Path, env: dict[str, str], quick: bool = False
+) -> float:
+    """Seconds the bare agent (a subprocess, its own consumer group) took for ``n`` events."""
+    args = [sys.executable, __file__, "--bare-agent", bootstrap, str(n), app_id, str(datadir)]
+    bare = subprocess.run(
+        args + (["--quick"] if quick else []),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    last = bare.stdout.strip().splitlines()[-1] if bare.stdout.strip() else ""
+    if "{" not in last:
+        raise RuntimeError(f"the bare agent printed no result: {bare.stderr[-2000:]}")
+    return float(json.loads(last[last.index("{") :])["seconds"])  # after faust's terminal codes
 
 
 def worker_metric(port: int, prefix: str) -> float:
@@ -269,7 +295,7 @@ def _workload_option(parser: argparse.ArgumentParser) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--bare-agent":
-        bare_agent(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
+        bare_agent(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], "--quick" in sys.argv)
         return
     args = parse_args(__doc__ or "", _workload_option)
     n = 20_000 if args.quick else 200_000
@@ -292,25 +318,11 @@ def main() -> None:
             pub.publish_many(workload.events(n, HISTORY_TS, seed=1))
 
         progress("bare faust agent (consume only)")
-        bare = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--bare-agent",
-                broker.bootstrap_servers,
-                str(n),
-                "bench-bare",
-                str(tmp / "bare"),
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
+        bare_s = run_bare_agent(broker.bootstrap_servers, n, "bench-bare", tmp / "bare", env)
+        progress("bare faust agent on the worker's consumer (consume only)")
+        bare_quick_s = run_bare_agent(
+            broker.bootstrap_servers, n, "bench-bare-quick", tmp / "bare-quick", env, quick=True
         )
-        last = bare.stdout.strip().splitlines()[-1] if bare.stdout.strip() else ""
-        if "{" not in last:
-            raise RuntimeError(f"the bare agent printed no result: {bare.stderr[-2000:]}")
-        bare_s = json.loads(last[last.index("{") :])["seconds"]  # after faust's terminal codes
 
         progress("interests worker")
         port = free_port()
@@ -375,6 +387,10 @@ def main() -> None:
             "worker_eps": round(n / worker_s),
             "bare_eps": round(n / bare_s),
             "ratio_worker_vs_bare": round(bare_s / worker_s, 3),
+            # The same bare loop on the worker's consumer (no task per message): the ratio
+            # without what the worker's consumer itself gains over faust's.
+            "bare_quick_eps": round(n / bare_quick_s),
+            "ratio_worker_vs_bare_quick": round(bare_quick_s / worker_s, 3),
             "freshness_p50_ms": percentile_ms(latencies, 50),
             "freshness_p99_ms": percentile_ms(latencies, 99),
             "freshness_samples": len(latencies),

@@ -74,6 +74,7 @@ from streams.engine_process import (
     UserJob,
     UserResult,
 )
+from streams.faust_consumer import use_quick_consumer
 from streams.heap import FreezeSurvivors
 from streams.interests import InterestClusters, InterestConfig
 from streams.outbox import Outbox
@@ -558,6 +559,7 @@ class InterestsWorker:
             stream_buffer_maxsize=max(4096, 2 * cfg.batch_size),
             Table=_outbox_table(self.outbox, self._touched),
         )
+        use_quick_consumer(self.app)  # no task per message; no event lost around a seek
         raw: dict[str, Any] = {
             "key_type": bytes,
             "value_type": bytes,
@@ -600,7 +602,7 @@ class InterestsWorker:
         self.app.task(self._feed_task)
         self.app.timer(2.0)(self._housekeeping)
         self.app.on_partitions_revoked.connect(cast(Any, self._on_revoked))
-        self.app.on_rebalance_complete.connect(cast(Any, self._rewind_uncommitted))
+        self.app.on_rebalance_complete.connect(cast(Any, self._on_rebalance_complete))
 
     @property
     def engine(self) -> EngineProcess | LocalEngine:
@@ -630,14 +632,9 @@ class InterestsWorker:
         self._parked_index = None
         self._parked_users = None
 
-    async def _rewind_uncommitted(self, app: Any, *args: Any, **kwargs: Any) -> None:
-        """Start engagement partitions that have no committed offset from their beginning.
-
-        After a rebalance faust seeks only partitions whose committed offset is > 0 (aiokafka's
-        ``seek_to_committed``); one without keeps the position its prefetch reached, while the
-        prefetched records themselves are dropped with the old generation (faust-streaming
-        #216). Those events would be skipped for good; this runs just before faust's seek.
-        """
+    async def _on_rebalance_complete(self, app: Any, *args: Any, **kwargs: Any) -> None:
+        """Just before faust seeks the assigned partitions (to their committed offsets, or
+        their beginning: ``streams.faust_consumer.SeekWithFlowHeld``) and resumes the flow."""
         self._assigned = True
         self._mark_consuming()
         consumer: Any = self.app.consumer
@@ -645,12 +642,9 @@ class InterestsWorker:
         consumer._thread._ensure_consumer()._fetcher._fetch_max_wait_ms = (
             self.settings.fetch_max_wait_ms
         )
-        # aiokafka's seek_to_committed refuses an empty assignment (more workers than partitions).
-        committed = await consumer.seek_to_committed() if consumer.assignment() else {}
-        for tp, offset in committed.items():
-            if tp.topic == ENGAGEMENTS.name and (offset is None or offset <= 0):
-                await consumer.seek(tp, 0)
-        self.metrics.partitions.set(sum(tp.topic == ENGAGEMENTS.name for tp in committed))
+        self.metrics.partitions.set(
+            sum(tp.topic == ENGAGEMENTS.name for tp in consumer.assignment())
+        )
 
     async def _agent(self, stream: Any) -> None:
         await self.feed.ready.wait()
