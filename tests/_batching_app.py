@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,20 +19,10 @@ def main() -> None:
     import faust
 
     from streams.batching import take_waiting
+    from tests._faust_app import app_for_tests
 
     bootstrap, topic_name, max_, within, out = sys.argv[1:6]
-    app = faust.App(
-        f"take-waiting-{time.time_ns()}",
-        broker=f"kafka://{bootstrap}",
-        store="memory://",
-        datadir=tempfile.mkdtemp(prefix="take-waiting-"),
-        broker_rebalance_timeout=6.0,
-        broker_session_timeout=6.0,
-        broker_heartbeat_interval=1.0,
-        consumer_auto_offset_reset="earliest",
-        web_enabled=False,
-        stream_wait_empty=False,
-    )
+    app = app_for_tests(f"take-waiting-{time.time_ns()}", bootstrap)
     topic = app.topic(
         topic_name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
     )

@@ -9,7 +9,6 @@ key) makes every start recover state before the events flow, as in the interests
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -19,23 +18,16 @@ def main() -> None:
     import faust
 
     from streams.faust_consumer import use_quick_consumer
+    from tests._faust_app import app_for_tests
 
     bootstrap, topic_name, group, out = sys.argv[1:5]
-    app = faust.App(
+    app = app_for_tests(
         group,
-        broker=f"kafka://{bootstrap}",
-        store="memory://",
-        datadir=tempfile.mkdtemp(prefix="quick-consumer-"),
-        broker_rebalance_timeout=6.0,
-        broker_session_timeout=6.0,
-        broker_heartbeat_interval=1.0,
+        bootstrap,
         broker_commit_interval=0.5,
-        consumer_auto_offset_reset="earliest",
         topic_partitions=8,
         broker_max_poll_records=2000,
         stream_buffer_maxsize=8192,
-        web_enabled=False,
-        stream_wait_empty=False,
     )
     use_quick_consumer(app)
     topic = app.topic(
