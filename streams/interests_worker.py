@@ -742,6 +742,12 @@ class InterestsWorker:
         if not app.flow_control.is_active():
             return list(events)
         generation = app.consumer_generation_id
+        # The backlog as this batch starts (a restarted worker may take it all in one batch, so
+        # the gauge updated after each batch would never show it).
+        for ev in events:
+            if ev.message.generation_id == generation:
+                self._next_offset.setdefault(ev.message.partition, ev.message.offset)
+        await self._update_lag()
         undone: list[Any] = []
         per_user: OrderedDict[str, list[tuple[Any, Any]]] = OrderedDict()
         for ev, decoded in taken:

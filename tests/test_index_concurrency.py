@@ -29,6 +29,7 @@ class WriterLog:
     def __init__(self) -> None:
         self.issued = 0  # ids n0 .. n{issued-1} may exist (bumped before each upsert)
         self.deleted: list[str] = []  # appended after each delete returns
+        self.writes: list[tuple[list[str], np.ndarray | None]] = []  # upserts and deletes
         self.done = threading.Event()
 
 
@@ -59,12 +60,15 @@ def test_readers_and_a_writer_together_return_only_valid_ids(copies: int, tmp_pa
                 fresh = spare[spare_used : spare_used + len(replaced)]
                 spare_used += len(replaced)
                 log.issued = start + 60
-                index.upsert([f"n{i}" for i in new + replaced], np.vstack([pool[new], fresh]))
+                ids, rows = [f"n{i}" for i in new + replaced], np.vstack([pool[new], fresh])
+                index.upsert(ids, rows)
+                log.writes.append((ids, rows))
                 live.extend(new)
                 doomed = set(rng.choice(live, size=15, replace=False).tolist())
                 live = [i for i in live if i not in doomed]
                 gone = [f"n{i}" for i in doomed]
                 assert index.delete(gone) == len(gone)
+                log.writes.append((gone, None))
                 log.deleted.extend(gone)
                 if index.capacity != capacity:
                     capacity, resizes[0] = index.capacity, resizes[0] + 1
@@ -120,10 +124,28 @@ def test_readers_and_a_writer_together_return_only_valid_ids(copies: int, tmp_pa
     assert not errors, errors[0]
     assert resizes[0] >= 4, f"only {resizes[0]} resizes happened"
     assert min(queries_done) >= 20, queries_done
-    # The index the writer left is whole: every live item is there and finds itself.
+    # The index the writer left is whole: every live item is there, with its vector, and
+    # finds itself as often as in the same writes made with no reader about. (Not always:
+    # an HNSW graph at M=8 that reuses deleted slots leaves some items hard to reach.)
     expected = {f"n{i}" for i in range(log.issued)} - set(log.deleted)
     assert set(index.ids()) == expected
+    alone = ItemIndex(DIM, copies=copies, M=8, ef_construction=40, ef=32, initial_capacity=16)
+    for ids, rows in log.writes:
+        if rows is not None:
+            alone.upsert(ids, rows)
+        else:
+            alone.delete(ids)
     sample = sorted(expected)[:: max(1, len(expected) // 200)]
-    own = np.stack([index.vector(i) for i in sample])  # type: ignore[misc]
-    top1 = [hits[0].item_id for hits in index.knn_batch(own, 1, ef=100)]
-    assert np.mean([a == b for a, b in zip(top1, sample, strict=True)]) >= 0.98
+    own = np.stack([alone.vector(i) for i in sample])  # type: ignore[misc]
+    assert np.array_equal(np.stack([index.vector(i) for i in sample]), own)  # type: ignore[misc]
+    finds_itself = {
+        name: np.mean(
+            [
+                hits[0].item_id == i
+                for hits, i in zip(ix.knn_batch(own, 1, ef=100), sample, strict=True)
+            ]
+        )
+        for name, ix in (("together", index), ("alone", alone))
+    }
+    assert finds_itself["together"] >= finds_itself["alone"] - 0.03, finds_itself
+    assert finds_itself["alone"] >= 0.9, finds_itself
