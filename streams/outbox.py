@@ -41,6 +41,8 @@ class Outbox:
         self._key_partitions: dict[str, dict[bytes, int]] = {}
         self._open: dict[tuple[str, int], Any] = {}  # (topic, partition) -> BatchBuilder
         self._full: list[tuple[tuple[str, int], Any]] = []
+        # Handed to the producer by send_full, not yet confirmed: (tp, records, delivery).
+        self._sent: list[tuple[tuple[str, int], int, Any]] = []
         self._pending = 0
 
     async def start(self, topics: Iterable[str] = ()) -> None:
@@ -125,21 +127,29 @@ class Outbox:
         self._full.extend(self._open.items())
         self._open = {}
 
+    async def send_full(self) -> None:
+        """Hand the batches that are full to the producer now, so that they travel while the
+        caller goes on; ``flush`` still confirms them (and keeps each partition's order)."""
+        full, self._full = self._full, []
+        await self._send(full)
+
+    async def _send(self, batches: list[tuple[tuple[str, int], Any]]) -> None:
+        if batches and self._producer is None:
+            raise RuntimeError("the outbox is not started")
+        for (topic, partition), builder in batches:
+            count = builder.record_count()
+            fut = await self._producer.send_batch(builder, topic, partition=partition)
+            self._sent.append(((topic, partition), count, fut))
+
     async def flush(self) -> dict[tuple[str, int], int]:
         """Send every queued record; return, once the broker has them all, the offset of the
         last record written per (topic, partition)."""
         batches = [*self._full, *self._open.items()]
         self._full, self._open, self._pending = [], {}, 0
-        if not batches:
+        await self._send(batches)
+        sent, self._sent = self._sent, []
+        if not sent:
             return {}
-        producer = self._producer
-        if producer is None:
-            raise RuntimeError("the outbox is not started")
-        sent = []
-        for (topic, partition), builder in batches:
-            count = builder.record_count()
-            fut = await producer.send_batch(builder, topic, partition=partition)
-            sent.append(((topic, partition), count, fut))
         metadata = await asyncio.gather(*(fut for _, _, fut in sent))
         last: dict[tuple[str, int], int] = {}
         for (tp, count, _), md in zip(sent, metadata, strict=True):

@@ -376,3 +376,18 @@ def test_the_worker_runs_on_uvloop_and_refuses_unknown_loops() -> None:
     assert out.stdout.split() == ["uvloop", "uvloop"]
     with pytest.raises(ValueError, match="unknown event loop"):
         use_event_loop("trio")
+
+
+def test_the_workers_faust_app_books_no_message_in_fausts_monitor() -> None:
+    import faust
+
+    from streams.interests_worker import _without_faust_monitor
+
+    app = faust.App("monitor-test", broker="kafka://127.0.0.1:1", web_enabled=False)
+    _without_faust_monitor(app)
+    services = list(app.on_init_dependencies())
+    assert services  # faust's own services still start
+    assert app.monitor not in list(app.sensors)
+    plain = faust.App("monitor-test-plain", broker="kafka://127.0.0.1:1", web_enabled=False)
+    plain.on_init_dependencies()
+    assert plain.monitor in list(plain.sensors)

@@ -66,3 +66,40 @@ def test_an_outbox_that_was_not_started_refuses_records(fresh_broker: EmbeddedBr
     outbox = Outbox(fresh_broker.settings())
     with pytest.raises(RuntimeError, match="not started"):
         outbox.add(USER_INTERESTS.name, b"u1", b"v")
+
+
+def test_full_batches_sent_early_arrive_before_the_flush_which_still_confirms_them(
+    fresh_broker: EmbeddedBroker,
+) -> None:
+    settings = fresh_broker.settings()
+    ensure_topics(settings)
+    key = b"u1"  # one partition: its order is what the early sends must keep
+
+    def on_broker() -> list[bytes | None]:
+        records = read_topic(settings, USER_INTERESTS.name, idle_timeout_s=1.0)
+        return [r.value for r in records if r.key == key]
+
+    async def send() -> tuple[list[bytes | None], dict[tuple[str, int], int]]:
+        outbox = Outbox(settings, max_batch_bytes=2048)
+        await outbox.start([USER_INTERESTS.name])
+        try:
+            for n in range(60):  # ~10 full batches of ~200-byte records, and an open one
+                outbox.add(USER_INTERESTS.name, key, b"%03d" % n + b"x" * 200)
+            await outbox.send_full()
+            early: list[bytes | None] = []
+            for _ in range(20):  # the producer sends them on its own; no flush yet
+                early = await asyncio.to_thread(on_broker)
+                if early:
+                    break
+            for n in range(60, 70):
+                outbox.add(USER_INTERESTS.name, key, b"%03d" % n + b"x" * 200)
+            return early, await outbox.flush()
+        finally:
+            await outbox.stop()
+
+    early, last = asyncio.run(send())
+    assert 0 < len(early) < 60  # the full batches only: the open one waited for the flush
+    values = on_broker()
+    assert [v[:3] for v in values if v] == [b"%03d" % n for n in range(70)]
+    home = kafka_partition(key, USER_INTERESTS.partitions)
+    assert last == {(USER_INTERESTS.name, home): 69}
