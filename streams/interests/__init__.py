@@ -1,0 +1,30 @@
+"""The interests engine (streaming PinnerSage), pure numpy: no I/O, no Kafka.
+
+``clusters`` holds the algorithm (``InterestClusters``); what other code imports comes from here.
+"""
+
+from streams.interests.clusters import (
+    DAY_MS,
+    DEFAULT_ACTION_WEIGHTS,
+    FORMAT_VERSION,
+    STATE_HEADER,
+    InterestClusters,
+    InterestConfig,
+    StateFormatError,
+    medoid_of,
+    unit,
+    ward_labels,
+)
+
+__all__ = [
+    "DAY_MS",
+    "DEFAULT_ACTION_WEIGHTS",
+    "FORMAT_VERSION",
+    "STATE_HEADER",
+    "InterestClusters",
+    "InterestConfig",
+    "StateFormatError",
+    "medoid_of",
+    "unit",
+    "ward_labels",
+]
