@@ -1,6 +1,7 @@
 """The interests engine (streaming PinnerSage), pure numpy: no I/O, no Kafka.
 
-``clusters`` holds the algorithm (``InterestClusters``); what other code imports comes from here.
+``clusters`` holds the algorithm (``InterestClusters``), ``kernels`` the numeric kernels it runs
+on; what other code imports comes from here.
 """
 
 from streams.interests.clusters import (
@@ -11,10 +12,8 @@ from streams.interests.clusters import (
     InterestClusters,
     InterestConfig,
     StateFormatError,
-    medoid_of,
-    unit,
-    ward_labels,
 )
+from streams.interests.kernels import medoid_of, unit, ward_labels
 
 __all__ = [
     "DAY_MS",

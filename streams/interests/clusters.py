@@ -21,10 +21,7 @@ its table gives the same answer as an uninterrupted run.
 
 from __future__ import annotations
 
-import functools
 import heapq
-import importlib
-import math
 import struct
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
@@ -33,8 +30,15 @@ from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
-from scipy.cluster.hierarchy import fcluster, linkage
-from threadpoolctl import ThreadpoolController
+
+from streams.interests.kernels import (
+    c_einsum,
+    medoid_of,
+    one_blas_thread,
+    row_sq,
+    unit,
+    ward_labels_no_limit,
+)
 
 DAY_MS = 86_400_000
 FORMAT_VERSION = 1
@@ -144,40 +148,6 @@ class InterestSummary(NamedTuple):
     importance: float
     size: int
     members: tuple[str, ...]
-
-
-def unit(vector: np.ndarray) -> np.ndarray:
-    """The float32 unit vector along ``vector`` (raises on zero or non-finite input)."""
-    v = np.asarray(vector, dtype=np.float32).reshape(-1)
-    norm = math.sqrt(float(v @ v))
-    if not math.isfinite(norm) or norm == 0.0:
-        raise ValueError("embedding must be finite and non-zero")
-    return v / np.float32(norm)
-
-
-def medoid_of(vectors: np.ndarray, ids: Sequence[str]) -> int:
-    """Index of the medoid of ``vectors`` under squared Euclidean distance.
-
-    The member nearest the centroid minimizes the sum of squared distances to all members
-    (sum_j ||x - v_j||^2 = n ||x - c||^2 + const), so O(n dim) instead of O(n^2 dim). Ties go to
-    the smallest item id, so the answer does not depend on member order.
-    """
-    # np.mean's own steps (float64 sum, divided by the count) without its wrapper: same bits.
-    c = np.add.reduce(vectors, axis=0, dtype=np.float64)
-    c /= len(vectors)
-    diff = vectors - c.astype(np.float32)
-    # The minimum and its ties in Python: exact on the float32 distances (widening is exact),
-    # and cheaper than three numpy calls on a handful of members.
-    d = _c_einsum("ij,ij->i", diff, diff).tolist()
-    if math.isnan(sum(d)):  # a NaN (not from unit vectors): numpy's rules, as before
-        arr = np.asarray(d, dtype=diff.dtype)
-        best = np.flatnonzero(arr == arr.min()).tolist()
-    else:
-        low = min(d)
-        best = [i for i, v in enumerate(d) if v == low]
-    if len(best) == 1:
-        return best[0]
-    return int(min(best, key=lambda i: ids[i]))
 
 
 class InterestClusters:
@@ -392,13 +362,13 @@ class InterestClusters:
         never left memory."""
         if self._cents is None:
             self._cents = self._sums / self._counts[:, None].astype(np.float32)
-            self._cent_sq = _row_sq(self._cents)
+            self._cent_sq = row_sq(self._cents)
             self._ward = self._counts / (self._counts + 1.0)
         else:
             cents, sums, counts, sq = self._cents, self._sums, self._counts, self._cent_sq
             for j in self._dirty:  # one or two rows a event: cheaper than fancy indexing
                 np.divide(sums[j], np.float32(counts[j]), out=cents[j])
-                sq[j : j + 1] = _row_sq(cents[j : j + 1])
+                sq[j : j + 1] = row_sq(cents[j : j + 1])
                 # Python's int / float is numpy's: the count widened to a double, one division.
                 n = int(counts[j])
                 self._ward[j] = n / (n + 1.0)
@@ -461,7 +431,7 @@ class InterestClusters:
     def _merge_cheapest_pair(self) -> None:
         counts = self._counts.astype(np.float64)
         cents = (self._sums / self._counts[:, None].astype(np.float32)).astype(np.float64)
-        sq = _c_einsum("ij,ij->i", cents, cents)
+        sq = c_einsum("ij,ij->i", cents, cents)
         d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * cents @ cents.T, 0.0)
         cost = counts[:, None] * counts[None, :] / (counts[:, None] + counts[None, :]) * d2
         cost[np.diag_indices_from(cost)] = np.inf
@@ -543,8 +513,10 @@ class InterestClusters:
         distinct = np.fromiter(first_slot.values(), dtype=np.int64, count=len(first_slot))
         vectors = self._vec[distinct]
         # One BLAS limit for both products (entering one costs ~15 us, leaving as much).
-        with _blas_controller().limit(limits=1, user_api="blas"):
-            labels = _ward_labels(vectors, self.config.merge_threshold, self.config.max_clusters)
+        with one_blas_thread():
+            labels = ward_labels_no_limit(
+                vectors, self.config.merge_threshold, self.config.max_clusters
+            )
             # Number clusters by their first action so the order is canonical.
             rank: dict[int, int] = {}
             assign = np.array([rank.setdefault(label, len(rank)) for label in labels.tolist()])
@@ -922,27 +894,6 @@ class InterestClusters:
             self._drop_clusters(empty)
 
 
-def _find_c_einsum() -> Callable[..., np.ndarray]:
-    """numpy's C einsum: what ``np.einsum`` calls (unchanged arguments) when not optimizing,
-    without its dispatch (~1.5 us a call, most of a small row's cost). Same kernel, same bits."""
-    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
-        try:
-            found: Callable[..., np.ndarray] = importlib.import_module(module).c_einsum
-        except (ImportError, AttributeError):
-            continue
-        return found
-    return np.einsum
-
-
-_c_einsum = _find_c_einsum()
-
-
-def _row_sq(rows: np.ndarray) -> np.ndarray:
-    """Squared norms of ``rows``: one einsum kernel, so a row's bits do not depend on how many
-    rows are computed together (full recomputes and single dirty rows agree)."""
-    return _c_einsum("ij,ij->i", rows, rows)
-
-
 def _check_magic_and_version(blob: bytes) -> bool:
     """Checks a state's magic and version; True for a view (``to_bytes(view=True)``)."""
     if len(blob) < 5 or blob[:4] not in (_MAGIC, _VIEW_MAGIC):
@@ -953,84 +904,3 @@ def _check_magic_and_version(blob: bytes) -> bool:
             f"(this recstream reads version {FORMAT_VERSION})"
         )
     return blob[:4] == _VIEW_MAGIC
-
-
-@functools.cache
-def _blas_controller() -> ThreadpoolController:
-    return ThreadpoolController()
-
-
-def ward_labels(vectors: np.ndarray, threshold: float, max_clusters: int) -> np.ndarray:
-    """Ward agglomerative labels of ``vectors`` cut at merge cost ``threshold``.
-
-    Distances come from one matrix product (||a - b||^2 = |a|^2 + |b|^2 - 2 a.b), taken
-    straight into scipy's condensed form: ~50x faster than pdist at dim 384.
-    """
-    if len(vectors) == 1:
-        return np.ones(1, dtype=np.int32)
-    # One BLAS thread: a 500 x 500 product is too small to share, and a worker's other
-    # threads (and other workers) need the cores; threaded it is ~8x slower under load.
-    with _blas_controller().limit(limits=1, user_api="blas"):
-        return _ward_labels(vectors, threshold, max_clusters)
-
-
-def _ward_labels(vectors: np.ndarray, threshold: float, max_clusters: int) -> np.ndarray:
-    """``ward_labels`` for a caller that holds BLAS to one thread."""
-    n = len(vectors)
-    if n == 1:
-        return np.ones(1, dtype=np.int32)
-    v = np.ascontiguousarray(vectors, dtype=np.float32)
-    gram = v @ v.T
-    rows, cols = _upper_triangle(n)
-    sq = _c_einsum("ij,ij->i", v, v).astype(np.float64)  # 1 for unit rows; kept for any input
-    d = gram[rows, cols].astype(np.float64)
-    d *= -2.0
-    d += sq[rows]
-    d += sq[cols]
-    np.maximum(d, 0.0, out=d)
-    np.sqrt(d, out=d)
-    tree = _ward_tree(d, n)
-    labels = _cut(tree, n, "distance", float(np.sqrt(2.0 * threshold)))
-    if labels.max() > max_clusters:
-        labels = _cut(tree, n, "maxclust", max_clusters)
-    return labels.astype(np.int32)
-
-
-# scipy's linkage and fcluster check their input on every call (array-API dispatch, validity
-# scans): ~0.5 ms of a young user's 16-action recluster, against ~30 us of work. Our trees are
-# valid by construction, so the C routines behind them are called directly when present.
-try:
-    from scipy.cluster import _hierarchy as _scipy_c
-    from scipy.cluster.hierarchy import _LINKAGE_METHODS
-
-    _WARD_CODE: int | None = int(_LINKAGE_METHODS["ward"])
-    _scipy_c.nn_chain, _scipy_c.cluster_dist, _scipy_c.cluster_maxclust_dist  # noqa: B018
-except (ImportError, AttributeError, KeyError):  # another scipy layout: the public API
-    _WARD_CODE = None
-
-
-def _ward_tree(distances: np.ndarray, n: int) -> np.ndarray:
-    """``linkage(distances, method="ward")`` (what it runs for Ward: the nearest-neighbour
-    chain), without its checks."""
-    if _WARD_CODE is None:
-        return np.asarray(linkage(distances, method="ward"))
-    return np.asarray(_scipy_c.nn_chain(distances, n, _WARD_CODE))
-
-
-def _cut(tree: np.ndarray, n: int, criterion: str, t: float) -> np.ndarray:
-    """``fcluster(tree, t=t, criterion=criterion)`` for "distance" (cut at height ``t``) or
-    "maxclust" (at most ``t`` clusters), without its checks."""
-    if _WARD_CODE is None:
-        return np.asarray(fcluster(tree, t=t, criterion=criterion))
-    labels = np.zeros(n, dtype=np.int32)
-    if criterion == "distance":
-        _scipy_c.cluster_dist(tree, labels, float(t), n)
-    else:
-        _scipy_c.cluster_maxclust_dist(tree, labels, n, int(t))
-    return labels
-
-
-@functools.lru_cache(maxsize=8)
-def _upper_triangle(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column indices of the condensed distance vector of ``n`` points."""
-    return np.triu_indices(n, 1)
