@@ -1,7 +1,7 @@
 """The interests engine (streaming PinnerSage), pure numpy: no I/O, no Kafka.
 
-``clusters`` holds the algorithm (``InterestClusters``), ``config`` its parameters, ``kernels``
-the numeric kernels it runs on; what other code imports comes from here.
+``clusters`` holds the algorithm (``InterestClusters``), ``config`` its parameters, ``interest``
+what it answers, ``kernels`` the numeric kernels it runs on. Other code imports from here.
 """
 
 from streams.interests.clusters import (
@@ -11,6 +11,7 @@ from streams.interests.clusters import (
     StateFormatError,
 )
 from streams.interests.config import DAY_MS, DEFAULT_ACTION_WEIGHTS, InterestConfig
+from streams.interests.interest import Interest, InterestSummary
 from streams.interests.kernels import medoid_of, unit, ward_labels
 
 __all__ = [
@@ -18,8 +19,10 @@ __all__ = [
     "DEFAULT_ACTION_WEIGHTS",
     "FORMAT_VERSION",
     "STATE_HEADER",
+    "Interest",
     "InterestClusters",
     "InterestConfig",
+    "InterestSummary",
     "StateFormatError",
     "medoid_of",
     "unit",

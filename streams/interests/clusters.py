@@ -25,12 +25,11 @@ import heapq
 import struct
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import numpy as np
 
 from streams.interests.config import DAY_MS, EngagementLike, InterestConfig
+from streams.interests.interest import Interest, InterestSummary
 from streams.interests.kernels import (
     c_einsum,
     medoid_of,
@@ -57,28 +56,6 @@ Lookup = Callable[[Sequence[str]], tuple[list[str], np.ndarray]]
 
 class StateFormatError(ValueError):
     """Serialized interests that this version cannot read (corrupt or unknown version)."""
-
-
-@dataclass(frozen=True)
-class Interest:
-    """One cluster of a user's actions, as the queries see it."""
-
-    medoid: str
-    importance: float
-    size: int
-    members: tuple[str, ...]
-    last_ts: int
-    centroid: np.ndarray = field(repr=False, compare=False)
-    medoid_vector: np.ndarray = field(repr=False, compare=False)
-
-
-class InterestSummary(NamedTuple):
-    """An interest without its vectors: what the interests worker publishes."""
-
-    medoid: str
-    importance: float
-    size: int
-    members: tuple[str, ...]
 
 
 class InterestClusters:
