@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from streams.broker import EMBEDDED_ENV
-from streams.interests import STATE_HEADER, InterestClusters, InterestConfig
+from streams.interests import InterestClusters, InterestConfig
+from streams.interests.state_format import STATE_HEADER
 from streams.interests_worker import APP_ID, STATE_POSITION
 from streams.publish import Publisher
 from streams.replay import read_topic

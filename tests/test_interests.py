@@ -16,13 +16,13 @@ from sklearn.metrics import adjusted_rand_score
 from streams.generate import generate
 from streams.interests import (
     DAY_MS,
-    FORMAT_VERSION,
     InterestClusters,
     InterestConfig,
     StateFormatError,
     medoid_of,
     ward_labels,
 )
+from streams.interests.state_format import FORMAT_VERSION
 from streams.schemas import Engagement
 from tests._streaming import topic_vectors
 

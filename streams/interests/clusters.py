@@ -22,12 +22,12 @@ its table gives the same answer as an uninterrupted run.
 from __future__ import annotations
 
 import heapq
-import struct
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from streams.interests import state_format
 from streams.interests.config import DAY_MS, EngagementLike, InterestConfig
 from streams.interests.interest import Interest, InterestSummary
 from streams.interests.kernels import (
@@ -38,24 +38,14 @@ from streams.interests.kernels import (
     unit,
     ward_labels_no_limit,
 )
+from streams.interests.state_format import StateFormatError
 
-FORMAT_VERSION = 1
-_MAGIC = b"RSIC"
-# A view: the same layout without cluster sums and remembered event ids (what readers need).
-_VIEW_MAGIC = b"RSIV"
 _NO_TS = np.iinfo(np.int64).max
 _TS_MIN = int(np.iinfo(np.int64).min)
 _ONE = np.ones(1, dtype=np.int64)
-# magic, version, dim, actions, clusters, applied, newest ts, has-last, byte lengths of the
-# last event id, item ids and event ids. The last event id follows the header.
-STATE_HEADER = _HEADER = "<4sBHIHQqBIII"
 
 Lookup = Callable[[Sequence[str]], tuple[list[str], np.ndarray]]
 """``lookup(item_ids) -> (found_ids, vectors)``: embeddings of the items still known."""
-
-
-class StateFormatError(ValueError):
-    """Serialized interests that this version cannot read (corrupt or unknown version)."""
 
 
 class InterestClusters:
@@ -383,12 +373,13 @@ class InterestClusters:
         return cached[1]
 
     def _live_items(self) -> bytes:
-        """The live actions' item ids in arrival order, newline-joined (cached with the live
-        slots: a full state and its view both need them)."""
+        """The live actions' item ids in arrival order, as ``to_bytes`` writes them (cached
+        with the live slots: a full state and its view both need them)."""
         live = self._live_pair()
         cached = self._items_bytes
         if cached is None or cached[0] is not live:
-            cached = self._items_bytes = (live, "\n".join(self._live_item_ids()).encode())
+            ids = state_format.encode_item_ids(self._live_item_ids())
+            cached = self._items_bytes = (live, ids)
         return cached[1]
 
     def _check_ts_order(self) -> None:
@@ -611,6 +602,7 @@ class InterestClusters:
         return self._ts[self._live_slots()].copy()
 
     # -- serialization --------------------------------------------------------------------
+    # state_format owns the byte layout; these methods only map slots to and from its fields.
     def to_bytes(self, *, view: bool = False) -> bytes:
         """Compact versioned bytes: ids, times, weights, assignments, cluster sums, event ids.
 
@@ -620,29 +612,19 @@ class InterestClusters:
         ``from_bytes`` rebuilds the sums from the members, exactly up to float rounding. The
         worker's own table keeps full states, which evolve bit for bit alike after a reload.
         """
-        items = self._live_items()
-        events = b"" if view else "\n".join(self._event_ids).encode()
-        last = (self._last_event_id or "").encode()
-        k = len(self._counts)
-        head = struct.pack(
-            _HEADER,
-            _VIEW_MAGIC if view else _MAGIC,
-            FORMAT_VERSION,
-            self._dim,
-            self._n,
-            k,
-            self._applied,
-            self._max_ts,
-            1 if self._last_event_id is not None else 0,
-            len(last),
-            len(items),
-            len(events),
+        return state_format.encode(
+            view=view,
+            dim=self._dim,
+            n_actions=self._n,
+            n_clusters=len(self._counts),
+            applied=self._applied,
+            max_ts=self._max_ts,
+            last_event_id=self._last_event_id,
+            item_ids=self._live_items(),
+            event_ids=self._event_ids,
+            actions=self._actions_bytes(),
+            sums=self._sums,
         )
-        if view:
-            return b"".join((head, last, items, events, self._actions_bytes()))
-        # copy=False: the native little-endian arrays are written as they are, not copied first.
-        sums = self._sums.astype("<f4", copy=False).tobytes()
-        return b"".join((head, last, items, events, self._actions_bytes(), sums))
 
     def _actions_bytes(self) -> bytes:
         """The live actions' times, weights and clusters (arrival order) and the cluster counts,
@@ -653,13 +635,8 @@ class InterestClusters:
         cached = self._actions_blob
         if cached is None or cached[0] is not live or cached[1] is not counts:
             slots = live[1]
-            blob = b"".join(
-                (
-                    self._ts[slots].astype("<i8", copy=False).tobytes(),
-                    self._w[slots].astype("<f4", copy=False).tobytes(),
-                    self._cl[slots].astype("<u2").tobytes(),
-                    counts.astype("<u4").tobytes(),
-                )
+            blob = state_format.encode_actions(
+                self._ts[slots], self._w[slots], self._cl[slots], counts
             )
             cached = self._actions_blob = (live, counts, blob)
         return cached[2]
@@ -670,62 +647,16 @@ class InterestClusters:
 
         Raises ``StateFormatError`` on a blob that is not a state of this format version.
         """
-        _check_magic_and_version(blob)
-        size = struct.calcsize(_HEADER)
-        if len(blob) < size:
-            raise StateFormatError("interests state is truncated")
-        fields = struct.unpack_from(_HEADER, blob)
-        n, n_last, n_items = fields[3], fields[8], fields[9]
-        start = size + n_last
-        if len(blob) < start + n_items:
-            raise StateFormatError("interests state is truncated")
-        return frozenset(blob[start : start + n_items].decode().split("\n")) if n else frozenset()
+        return state_format.items_in(blob)
 
     @classmethod
     def from_bytes(
         cls, blob: bytes, lookup: Lookup, config: InterestConfig | None = None
     ) -> InterestClusters:
         """Rebuild a state from ``to_bytes``; actions on items ``lookup`` lacks are dropped."""
-        fmt = _HEADER
-        size = struct.calcsize(fmt)
-        view = _check_magic_and_version(blob)
-        if len(blob) < size:
-            raise StateFormatError("interests state is truncated")
-        _, _, dim, n, k, applied, max_ts, has_last, n_last, n_items, n_events = struct.unpack_from(
-            fmt, blob
-        )
-        sum_bytes = 0 if view else 4 * dim
-        expected = size + n_last + n_items + n_events + n * (8 + 4 + 2) + k * (4 + sum_bytes)
-        if len(blob) != expected:
-            raise StateFormatError(f"interests state has {len(blob)} bytes, expected {expected}")
-        off = size
-
-        def take(nbytes: int) -> bytes:
-            nonlocal off
-            chunk = blob[off : off + nbytes]
-            off += nbytes
-            return chunk
-
-        last = take(n_last).decode()
-        items = take(n_items).decode().split("\n") if n else []
-        events_raw = take(n_events).decode()
-        ts = np.frombuffer(take(8 * n), dtype="<i8").astype(np.int64)
-        w = np.frombuffer(take(4 * n), dtype="<f4").astype(np.float32)
-        cl = np.frombuffer(take(2 * n), dtype="<u2").astype(np.int32)
-        counts = np.frombuffer(take(4 * k), dtype="<u4").astype(np.int64)
-        if view:
-            sums = np.zeros((k, dim), dtype=np.float32)  # rebuilt from the members below
-        else:
-            sums = np.frombuffer(take(4 * k * dim), dtype="<f4").reshape(k, dim).astype(np.float32)
-        pairs = dict(zip(items, cl.tolist(), strict=False))
-        if (
-            len(items) != n
-            or len(set(zip(items, cl.tolist(), strict=False))) != len(pairs)
-            or (n and max(pairs.values()) >= k)
-            or np.bincount(list(pairs.values()), minlength=k).tolist() != counts.tolist()
-        ):
-            raise StateFormatError("interests state is inconsistent (assignments vs counts)")
-
+        decoded = state_format.decode(blob)
+        items, ts, w, cl = decoded.item_ids, decoded.ts, decoded.weights, decoded.clusters
+        n, k, dim = len(items), len(decoded.counts), decoded.dim
         state = cls(config)
         if n > state.config.max_actions:
             raise StateFormatError(
@@ -733,13 +664,16 @@ class InterestClusters:
             )
         state._dim = dim
         state._reset()
-        state._applied = int(applied)
-        state._max_ts = int(max_ts)
-        state._last_event_id = last if has_last else None
-        for eid in events_raw.split("\n") if events_raw else []:
+        state._applied = int(decoded.applied)
+        state._max_ts = int(decoded.max_ts)
+        state._last_event_id = decoded.last_event_id
+        for eid in decoded.event_ids:
             state._remember(eid)
-        state._sums = sums.copy()
-        state._counts = counts.copy()
+        if decoded.sums is None:  # a view
+            state._sums = np.zeros((k, dim), dtype=np.float32)  # rebuilt from the members below
+        else:
+            state._sums = decoded.sums.copy()
+        state._counts = decoded.counts.copy()
         if n == 0:
             return state
         found_ids, matrix = lookup(sorted(set(items)))
@@ -767,10 +701,10 @@ class InterestClusters:
         state._order = [(int(state._ts[s]), int(state._seq[s]), s) for s in state._live_slots()]
         heapq.heapify(state._order)
         state._check_ts_order()
-        if missing or view:
+        if missing or decoded.view:
             # A gone item: drop its actions and rebuild the affected cluster sums exactly (a
             # view: rebuild them all).
-            touched = set(range(k)) if view else {int(state._cl[s]) for s in missing}
+            touched = set(range(k)) if decoded.view else {int(state._cl[s]) for s in missing}
             state._remove_slots_without_vectors(missing, touched)
         return state
 
@@ -800,15 +734,3 @@ class InterestClusters:
         empty = [j for j in sorted(touched) if self._counts[j] == 0]
         if empty:
             self._drop_clusters(empty)
-
-
-def _check_magic_and_version(blob: bytes) -> bool:
-    """Checks a state's magic and version; True for a view (``to_bytes(view=True)``)."""
-    if len(blob) < 5 or blob[:4] not in (_MAGIC, _VIEW_MAGIC):
-        raise StateFormatError("not a recstream interests state (bad magic)")
-    if blob[4] != FORMAT_VERSION:
-        raise StateFormatError(
-            f"interests state format version {blob[4]} is not supported "
-            f"(this recstream reads version {FORMAT_VERSION})"
-        )
-    return blob[:4] == _VIEW_MAGIC
