@@ -153,9 +153,6 @@ class InterestClusters:
     def seen_items(self) -> frozenset[str]:
         return frozenset(self._item_counts)
 
-    def has_seen(self, item_id: str) -> bool:
-        return item_id in self._item_counts
-
     def remembers(self, event_id: str) -> bool:
         return event_id in self._event_set
 
