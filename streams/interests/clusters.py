@@ -129,10 +129,6 @@ class InterestClusters:
         self._cents = None
 
     @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
     def n_actions(self) -> int:
         return self._n
 
