@@ -8,7 +8,7 @@
    their timestamps shifted so that they end "now";
 4. prints the dashboard URL and keeps replaying the rest of the ratings slowly as live events
    (timestamped when sent), so the dashboard moves;
-5. on Ctrl-C, SIGTERM or after ``duration_s``: stops the children (API first, broker last).
+5. on Ctrl-C, SIGTERM, SIGHUP or after ``duration_s``: stops the children (API first, broker last).
 """
 
 from __future__ import annotations
@@ -144,81 +144,81 @@ def run_demo(
 
     from streams.broker import EmbeddedBroker
     from streams.publish import Publisher
+    from streams.signals import stop_on_signals
     from streams.topics import ensure_topics
 
     logging.getLogger("kafka").setLevel(logging.ERROR)  # producer "slow task" chatter
-    stop = threading.Event()
-    previous = {
-        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    children = Children(out / "logs")
-    broker = EmbeddedBroker(log_path=out / "logs" / "broker.log")
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    code = 0
-    try:
-        broker.start()
-        settings = broker.settings()
-        ensure_topics(settings)
-        bootstrap = ["--bootstrap-servers", broker.bootstrap_servers]
-        echo(f"embedded broker on {broker.bootstrap_servers}")
-        children.start("encoder-worker", ["worker", "encoder", *bootstrap], CHILD_ENV)
-        children.start(
-            "interests-worker",
-            ["worker", "interests", *bootstrap, "--data-dir", str(out / "interests-worker")],
-            CHILD_ENV,
-        )
-        children.start(
-            "api",
-            [
-                "serve",
-                *bootstrap,
-                "--host",
-                host,
-                "--port",
-                str(port),
-                "--data-dir",
-                str(out / "serving"),
-                "--snapshot-every-s",
-                "60",
-            ],
-            CHILD_ENV,
-        )
-        data = load_sample(dataset, synthetic_events=synthetic_events)
-        n_warm = int(len(data.engagements) * min(max(warm_fraction, 0.0), 1.0))
-        warm = shift_to_now(data.engagements[:n_warm], int(time.time() * 1000))
-        rest = data.engagements[n_warm:]
-        echo(f"sample data: {data.name}, {len(data.items)} items, {len(data.engagements)} events")
-        # Ctrl-C only sets ``stop``: every phase below checks it, so it takes effect at once.
-        with Publisher(settings) as pub:
-            for item in tqdm(data.items, desc="items", unit="item", disable=not progress):
+    with stop_on_signals() as stop:
+        out.mkdir(parents=True, exist_ok=True)
+        children = Children(out / "logs")
+        broker = EmbeddedBroker(log_path=out / "logs" / "broker.log")
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        code = 0
+        try:
+            broker.start()
+            settings = broker.settings()
+            ensure_topics(settings)
+            bootstrap = ["--bootstrap-servers", broker.bootstrap_servers]
+            echo(f"embedded broker on {broker.bootstrap_servers}")
+            children.start("encoder-worker", ["worker", "encoder", *bootstrap], CHILD_ENV)
+            children.start(
+                "interests-worker",
+                ["worker", "interests", *bootstrap, "--data-dir", str(out / "interests-worker")],
+                CHILD_ENV,
+            )
+            children.start(
+                "api",
+                [
+                    "serve",
+                    *bootstrap,
+                    "--host",
+                    host,
+                    "--port",
+                    str(port),
+                    "--data-dir",
+                    str(out / "serving"),
+                    "--snapshot-every-s",
+                    "60",
+                ],
+                CHILD_ENV,
+            )
+            data = load_sample(dataset, synthetic_events=synthetic_events)
+            n_warm = int(len(data.engagements) * min(max(warm_fraction, 0.0), 1.0))
+            warm = shift_to_now(data.engagements[:n_warm], int(time.time() * 1000))
+            rest = data.engagements[n_warm:]
+            echo(
+                f"sample data: {data.name}, {len(data.items)} items, {len(data.engagements)} events"
+            )
+            # Ctrl-C only sets ``stop``: every phase below checks it, so it takes effect at once.
+            with Publisher(settings) as pub:
+                for item in tqdm(data.items, desc="items", unit="item", disable=not progress):
+                    if stop.is_set():
+                        break
+                    pub.publish(item)
+                pub.flush()
+                for chunk in tqdm(
+                    range(0, len(warm), 1000), desc="engagements", unit="k ev", disable=not progress
+                ):
+                    if stop.is_set():
+                        break
+                    pub.publish_many(warm[chunk : chunk + 1000])
+            url = f"http://{host}:{port}/"
+            if not _wait_http(url + "healthz", 60, children, stop):
                 if stop.is_set():
-                    break
-                pub.publish(item)
-            pub.flush()
-            for chunk in tqdm(
-                range(0, len(warm), 1000), desc="engagements", unit="k ev", disable=not progress
-            ):
-                if stop.is_set():
-                    break
-                pub.publish_many(warm[chunk : chunk + 1000])
-        url = f"http://{host}:{port}/"
-        if not _wait_http(url + "healthz", 60, children, stop):
-            if stop.is_set():
-                echo("interrupted while starting")
-                return 0
-            echo(f"the API did not come up; see {out / 'logs'}")
-            return 1
-        echo(f"dashboard: {url}   (API docs: {url}docs; Ctrl-C to stop)")
-        code = _replay_live(settings, rest, live_rate, stop, children, started, duration_s, echo)
-    finally:
-        children.stop()
-        broker.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        echo("demo stopped")
-    return code
+                    echo("interrupted while starting")
+                    return 0
+                echo(f"the API did not come up; see {out / 'logs'}")
+                return 1
+            echo(f"dashboard: {url}   (API docs: {url}docs; Ctrl-C to stop)")
+            code = _replay_live(
+                settings, rest, live_rate, stop, children, started, duration_s, echo
+            )
+        finally:
+            children.stop()
+            broker.stop()
+            echo("demo stopped")
+        return code
 
 
 def _replay_live(
