@@ -191,8 +191,8 @@ def generate(
     days: Annotated[float, typer.Option(min=0.001)] = 60.0,
 ) -> None:
     """Write a synthetic catalogue, engagement log and ground truth (deterministic per seed)."""
-    from streams.generate import generate as gen
-    from streams.generate import write
+    from serving.datasets.generated import generate as gen
+    from serving.datasets.generated import write
 
     paths = write(gen(users, items, events, seed=seed, days=days), out)
     for name, path in paths.items():
@@ -572,9 +572,9 @@ def eval_quality(
     ] = False,
 ) -> None:
     """Offline quality: chronological replay, PinnerSage against baselines, with 95% intervals."""
+    from serving.datasets.movielens import MovieLensUnavailable
     from serving.evaluation import EVAL_ENGINE_CONFIG
     from serving.evaluation_run import DATASETS, EvalSettings, run_eval, write_reports
-    from streams.movielens import MovieLensUnavailable
 
     if dataset not in DATASETS:
         raise typer.BadParameter(f"--dataset must be one of {', '.join(DATASETS)}")

@@ -73,12 +73,12 @@ class EvalSettings:
 def load_dataset(settings: EvalSettings) -> tuple[list[Item], list[Engagement], float | None]:
     """Items, events and the positive threshold (None: every event is positive)."""
     if settings.dataset == "movielens-100k":
-        from streams.movielens import load_movielens
+        from serving.datasets.movielens import load_movielens
 
         ml = load_movielens(settings.data_dir)
         return ml.items, ml.ratings, settings.positive_min_rating
     if settings.dataset == "generated":
-        from streams.generate import generate
+        from serving.datasets.generated import generate
 
         g = generate(**settings.generated, seed=settings.seed)
         return g.items, g.engagements, None

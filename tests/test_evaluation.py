@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from serving.datasets.generated import generate
+from serving.datasets.movielens import GENRES, MovieLensUnavailable, load_movielens
 from serving.evaluation import (
     Action,
     LastItem,
@@ -29,9 +31,7 @@ from serving.evaluation import (
     replay_data,
 )
 from serving.evaluation_run import EvalSettings, method_suite, run_eval, write_reports
-from streams.generate import generate
 from streams.interests import DAY_MS
-from streams.movielens import GENRES, MovieLensUnavailable, load_movielens
 from streams.schemas import Engagement, Item
 
 
