@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from serving.datasets.movielens import MovieLensUnavailable, ensure_movielens
-from serving.evaluation_run import BASELINES, PRIMARY, EvalSettings, run_eval
+from serving.evaluation import BASELINES, PRIMARY, EvalSettings, run_eval
 
 METHODS = (*BASELINES, PRIMARY)
 

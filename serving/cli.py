@@ -573,8 +573,13 @@ def eval_quality(
 ) -> None:
     """Offline quality: chronological replay, PinnerSage against baselines, with 95% intervals."""
     from serving.datasets.movielens import MovieLensUnavailable
-    from serving.evaluation import EVAL_ENGINE_CONFIG
-    from serving.evaluation_run import DATASETS, EvalSettings, run_eval, write_reports
+    from serving.evaluation import (
+        DATASETS,
+        EVAL_ENGINE_CONFIG,
+        EvalSettings,
+        run_eval,
+        write_reports,
+    )
 
     if dataset not in DATASETS:
         raise typer.BadParameter(f"--dataset must be one of {', '.join(DATASETS)}")

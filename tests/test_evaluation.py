@@ -14,6 +14,7 @@ from serving.datasets.generated import generate
 from serving.datasets.movielens import GENRES, MovieLensUnavailable, load_movielens
 from serving.evaluation import (
     Action,
+    EvalSettings,
     LastItem,
     MeanEmbedding,
     MedoidQuery,
@@ -26,11 +27,13 @@ from serving.evaluation import (
     ScoreQuery,
     VectorQuery,
     evaluate,
+    method_suite,
     metrics,
     recall_curve,
     replay_data,
+    run_eval,
+    write_reports,
 )
-from serving.evaluation_run import EvalSettings, method_suite, run_eval, write_reports
 from streams.interests import DAY_MS
 from streams.schemas import Engagement, Item
 

@@ -1,7 +1,8 @@
 """``recstream eval``: load a dataset, embed its items, replay it through every method, report.
 
-This is the I/O side of ``serving.evaluation`` (which stays pure): datasets, the encoder, the
-method suite, and the outputs (``quality.md``, ``quality.json``, ``recall_at_k.png``).
+This is the I/O side of the replay (``serving.evaluation.replay``, which stays pure): datasets,
+the encoder, the method suite, and the outputs (``quality.md``, ``quality.json``,
+``recall_at_k.png``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.evaluation import (
+from serving.evaluation.replay import (
     EVAL_ENGINE_CONFIG,
     METRICS,
     CapturedPinnerSage,
@@ -235,7 +236,7 @@ def run_eval(
     captured = None
     t_kafka_start = time.perf_counter()
     if settings.through_kafka:
-        from serving.evaluation_kafka import capture_worker_states
+        from serving.evaluation.through_kafka import capture_worker_states
 
         main = settings.engine.with_(decay_per_day=settings.decay_per_day)
         states = capture_worker_states(data, main, split_ts)
