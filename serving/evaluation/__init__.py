@@ -1,33 +1,31 @@
 """Offline quality of recommendations (``recstream eval``): PinnerSage against baselines.
 
-- ``replay``: the chronological replay (the protocol, the methods, the metrics); pure.
+- ``data``: the catalogue, its embeddings and the engagement log a replay runs on.
+- ``methods``: the recommenders compared, one per module (popularity, last item, mean
+  embedding, PinnerSage).
+- ``replay``: the chronological replay; every test event ranked before it is applied.
+- ``metrics``: Recall/NDCG/HitRate/Coverage@K with user-level bootstrap intervals.
 - ``run``: its I/O side: datasets, the encoder, the method suite, the reports.
 - ``through_kafka``: the same replay with the states of a real interests worker.
 """
 
-from serving.evaluation.replay import (
+from serving.evaluation.data import ReplayData, replay_data
+from serving.evaluation.methods import (
     EVAL_ENGINE_CONFIG,
-    METRICS,
     Action,
     CapturedPinnerSage,
-    Estimate,
     LastItem,
     MeanEmbedding,
     MedoidQuery,
     PinnerSage,
     Popularity,
-    Protocol_,
     Query,
-    ReplayData,
     ReplayMethod,
-    ReplayResult,
     ScoreQuery,
     VectorQuery,
-    evaluate,
-    metrics,
-    recall_curve,
-    replay_data,
 )
+from serving.evaluation.metrics import METRICS, Estimate, metrics, recall_curve
+from serving.evaluation.replay import Protocol_, ReplayResult, evaluate
 from serving.evaluation.run import (
     BASELINES,
     DATASETS,

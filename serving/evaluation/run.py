@@ -18,24 +18,19 @@ from typing import Any
 
 import numpy as np
 
-from serving.evaluation.replay import (
+from serving.evaluation.data import ReplayData, replay_data
+from serving.evaluation.methods import (
     EVAL_ENGINE_CONFIG,
-    METRICS,
     CapturedPinnerSage,
     LastItem,
     MeanEmbedding,
     MedoidQuery,
     PinnerSage,
     Popularity,
-    Protocol_,
-    ReplayData,
     ReplayMethod,
-    ReplayResult,
-    evaluate,
-    metrics,
-    recall_curve,
-    replay_data,
 )
+from serving.evaluation.metrics import METRICS, metrics, recall_curve
+from serving.evaluation.replay import Protocol_, ReplayResult, evaluate
 from streams.interests import DEFAULT_ACTION_WEIGHTS, InterestConfig
 from streams.schemas import Engagement, Item
 

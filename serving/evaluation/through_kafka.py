@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import pybase64
 
-from serving.evaluation.replay import ReplayData
+from serving.evaluation.data import ReplayData
 from streams.interests import InterestConfig
 from streams.schemas import Engagement, ItemEmbedding, UserInterests
 from streams.settings import KafkaSettings
