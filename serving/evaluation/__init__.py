@@ -5,7 +5,8 @@
   embedding, PinnerSage).
 - ``replay``: the chronological replay; every test event ranked before it is applied.
 - ``metrics``: Recall/NDCG/HitRate/Coverage@K with user-level bootstrap intervals.
-- ``run``: its I/O side: datasets, the encoder, the method suite, the reports.
+- ``run``: the I/O side: datasets, the encoder, the method suite, the whole protocol.
+- ``report``: ``quality.md``, ``quality.json`` and ``recall_at_k.png``.
 - ``through_kafka``: the same replay with the states of a real interests worker.
 """
 
@@ -26,6 +27,7 @@ from serving.evaluation.methods import (
 )
 from serving.evaluation.metrics import METRICS, Estimate, metrics, recall_curve
 from serving.evaluation.replay import Protocol_, ReplayResult, evaluate
+from serving.evaluation.report import write_reports
 from serving.evaluation.run import (
     BASELINES,
     DATASETS,
@@ -33,7 +35,6 @@ from serving.evaluation.run import (
     EvalSettings,
     method_suite,
     run_eval,
-    write_reports,
 )
 
 __all__ = [
