@@ -618,7 +618,3 @@ def eval_quality(
 
 def main() -> None:
     app()
-
-
-if __name__ == "__main__":
-    main()
