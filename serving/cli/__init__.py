@@ -3,7 +3,9 @@
 One module per command group: ``broker`` (broker, topics), ``data`` (publish, record, replay,
 generate), ``serve`` (serve, demo), ``workers`` (worker interests, worker encoder), ``encoders``
 (encoders export and train, encode), ``evaluate`` (eval); ``common`` holds what they share.
-Heavy modules are imported inside commands so ``recstream --help`` stays instant.
+Options show the defaults of the config objects they fill (``InterestsWorkerConfig``,
+``InterestConfig``, ``ReadModelConfig``, ``EvalSettings``, ``KafkaSettings``), so those are
+imported up front; everything else heavy is imported inside the commands.
 """
 
 from __future__ import annotations

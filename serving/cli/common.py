@@ -17,7 +17,7 @@ Bootstrap = Annotated[
         "--bootstrap-servers",
         envvar="RECSTREAM_BOOTSTRAP_SERVERS",
         help="Kafka bootstrap servers (host:port[,host:port]); SASL/SSL settings come from env.",
-        show_default="127.0.0.1:9092",
+        show_default=KafkaSettings.bootstrap_servers,
     ),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]

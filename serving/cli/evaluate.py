@@ -8,59 +8,66 @@ from typing import Annotated
 import typer
 
 from serving.cli.common import setup_logging
+from serving.evaluation import DATASETS, EvalSettings
 
 
 def eval_quality(
-    dataset: Annotated[str, typer.Option(help="movielens-100k or generated")] = "movielens-100k",
-    k: Annotated[int, typer.Option(min=1, max=50, help="K of Recall/NDCG/HitRate@K.")] = 20,
+    dataset: Annotated[str, typer.Option(help=" or ".join(DATASETS))] = EvalSettings.dataset,
+    k: Annotated[
+        int, typer.Option(min=1, max=EvalSettings.max_k, help="K of Recall/NDCG/HitRate@K.")
+    ] = EvalSettings.k,
     out: Annotated[Path, typer.Option(help="Directory for quality.md/json, recall_at_k.png.")] = (
         Path("reports")
     ),
     positive_min_rating: Annotated[
         float, typer.Option(help="Ratings >= this are positive engagements (MovieLens).")
-    ] = 4.0,
+    ] = EvalSettings.positive_min_rating,
     weight_by_rating: Annotated[
         bool, typer.Option("--weight-by-rating", help="Positives weigh their rating, not 1.")
-    ] = False,
+    ] = EvalSettings.weight_by_rating,
     limit_users: Annotated[
         int | None, typer.Option(min=1, help="Replay only this many users (random, seeded).")
-    ] = None,
+    ] = EvalSettings.limit_users,
     decay_per_day: Annotated[
         float, typer.Option(min=0.0, help="Lambda of every time decay (per day).")
-    ] = 0.01,
+    ] = EvalSettings.decay_per_day,
     merge_threshold: Annotated[
         float | None, typer.Option(help="Engine Ward merge threshold (default: engine's).")
     ] = None,
     max_clusters: Annotated[int | None, typer.Option(min=1, help="Engine cluster cap.")] = None,
-    window_days: Annotated[float, typer.Option(help="Engine action window (days).")] = 3650.0,
-    ablations: Annotated[bool, typer.Option(help="Centroid and lambda ablations.")] = True,
-    bootstrap: Annotated[int, typer.Option(min=10, help="Bootstrap resamples.")] = 1000,
-    seed: Annotated[int, typer.Option()] = 0,
-    variant: Annotated[str, typer.Option(help="Encoder variant: fp32, int8 or auto.")] = "fp32",
-    model_dir: Annotated[Path | None, typer.Option(help="Exported encoder directory.")] = None,
+    window_days: Annotated[
+        float, typer.Option(help="Engine action window (days).")
+    ] = EvalSettings.engine.window_days,
+    ablations: Annotated[
+        bool, typer.Option(help="Centroid and lambda ablations.")
+    ] = EvalSettings.ablations,
+    bootstrap: Annotated[
+        int, typer.Option(min=10, help="Bootstrap resamples.")
+    ] = EvalSettings.bootstrap,
+    seed: Annotated[int, typer.Option()] = EvalSettings.seed,
+    variant: Annotated[
+        str, typer.Option(help="Encoder variant: fp32, int8 or auto.")
+    ] = EvalSettings.encoder_variant,
+    model_dir: Annotated[
+        Path | None, typer.Option(help="Exported encoder directory.")
+    ] = EvalSettings.model_dir,
     head_epochs: Annotated[
         int,
         typer.Option(
             min=0, help="Fit the encoder head on training-period co-engagement (epochs; 0 = no)."
         ),
-    ] = 0,
+    ] = EvalSettings.head_epochs,
     through_kafka: Annotated[
         bool,
         typer.Option(
             "--through-kafka",
             help="PinnerSage states from a real interests worker on the embedded broker.",
         ),
-    ] = False,
+    ] = EvalSettings.through_kafka,
 ) -> None:
     """Offline quality: chronological replay, PinnerSage against baselines, with 95% intervals."""
     from serving.datasets.movielens import MovieLensUnavailable
-    from serving.evaluation import (
-        DATASETS,
-        EVAL_ENGINE_CONFIG,
-        EvalSettings,
-        run_eval,
-        write_reports,
-    )
+    from serving.evaluation import EVAL_ENGINE_CONFIG, run_eval, write_reports
 
     if dataset not in DATASETS:
         raise typer.BadParameter(f"--dataset must be one of {', '.join(DATASETS)}")

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from serving.cli.common import Bootstrap, Quiet, kafka_settings, setup_logging
+from serving.readmodels import ReadModelConfig
 
 
 def demo(
@@ -57,10 +58,10 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     data_dir: Annotated[
         Path, typer.Option(help="Replica state: RocksDB stores and snapshots.")
-    ] = Path("data/serving"),
+    ] = ReadModelConfig.data_dir,
     snapshot_every_s: Annotated[
         float, typer.Option(help="Seconds between snapshots (0 = only on shutdown).")
-    ] = 300.0,
+    ] = ReadModelConfig.snapshot_every_s,
     bootstrap_servers: Bootstrap = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
 ) -> None:
@@ -68,7 +69,7 @@ def serve(
     import uvicorn
 
     from serving.app import create_app
-    from serving.readmodels import ReadModelConfig, ReadModels
+    from serving.readmodels import ReadModels
     from streams.topics import ensure_topics
 
     setup_logging()

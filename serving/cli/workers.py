@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from serving.cli.common import Bootstrap, kafka_settings, setup_logging
+from streams.interests import InterestConfig
+from streams.interests_worker import InterestsWorkerConfig
 
 if TYPE_CHECKING:
     from encoders.session import EncoderSession
@@ -19,6 +21,8 @@ worker_app = typer.Typer(
 )
 
 
+# The choices of InterestsWorkerConfig's string settings; each member is named as its value, so
+# the defaults look the config's values up by name.
 class PublishedState(StrEnum):
     view = "view"
     full = "full"
@@ -39,14 +43,16 @@ class EngineIn(StrEnum):
 def worker_interests(
     data_dir: Annotated[
         Path, typer.Option(help="Local state: faust tables (RocksDB) and the item store.")
-    ] = Path("data/interests-worker"),
+    ] = InterestsWorkerConfig.data_dir,
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus metrics on METRICS_HOST:PORT.")
-    ] = None,
+    ] = InterestsWorkerConfig.metrics_port,
     metrics_host: Annotated[
         str, typer.Option(help="Address of the metrics endpoint (0.0.0.0 in a container).")
-    ] = "127.0.0.1",
-    batch_size: Annotated[int, typer.Option(min=1, help="Most events per batch.")] = 50_000,
+    ] = InterestsWorkerConfig.metrics_host,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Most events per batch.")
+    ] = InterestsWorkerConfig.batch_size,
     batch_within: Annotated[
         float,
         typer.Option(
@@ -54,7 +60,7 @@ def worker_interests(
             help="Longest a batch keeps filling while the consumer lags (s); a batch closes at "
             "once when it holds every event the broker had.",
         ),
-    ] = 1.0,
+    ] = InterestsWorkerConfig.batch_within_s,
     max_parked_per_user: Annotated[
         int,
         typer.Option(
@@ -62,28 +68,46 @@ def worker_interests(
             help="Engagements waiting for an item embedding, per user; older ones beyond "
             "it go to dead-letters.",
         ),
-    ] = 1_000,
+    ] = InterestsWorkerConfig.max_parked_per_user,
+    # The engine's options default to None (the engine's own default, which the help shows).
     window_days: Annotated[
-        float | None, typer.Option(min=0.001, help="Engine: evict actions older (days; 90).")
+        float | None,
+        typer.Option(
+            min=0.001, help=f"Engine: evict actions older (days; {InterestConfig.window_days:g})."
+        ),
     ] = None,
     max_actions: Annotated[
-        int | None, typer.Option(min=1, help="Engine: actions kept per user (500).")
+        int | None,
+        typer.Option(min=1, help=f"Engine: actions kept per user ({InterestConfig.max_actions})."),
     ] = None,
     merge_threshold: Annotated[
-        float | None, typer.Option(min=1e-6, help="Engine: largest Ward cost to join (0.75).")
+        float | None,
+        typer.Option(
+            min=1e-6,
+            help=f"Engine: largest Ward cost to join ({InterestConfig.merge_threshold:g}).",
+        ),
     ] = None,
     max_clusters: Annotated[
-        int | None, typer.Option(min=1, help="Engine: clusters per user (12).")
+        int | None,
+        typer.Option(min=1, help=f"Engine: clusters per user ({InterestConfig.max_clusters})."),
     ] = None,
     decay_per_day: Annotated[
-        float | None, typer.Option(min=0.0, help="Engine: importance decay lambda (0.01).")
+        float | None,
+        typer.Option(
+            min=0.0, help=f"Engine: importance decay lambda ({InterestConfig.decay_per_day:g})."
+        ),
     ] = None,
     recluster_every: Annotated[
-        int | None, typer.Option(min=0, help="Engine: full Ward recluster every N (500; 0=never).")
+        int | None,
+        typer.Option(
+            min=0,
+            help="Engine: full Ward recluster every N "
+            f"({InterestConfig.recluster_every}; 0=never).",
+        ),
     ] = None,
     event_loop: Annotated[
         EventLoop, typer.Option(help="asyncio event loop (uvloop: faust's overhead in C).")
-    ] = EventLoop.uvloop,
+    ] = EventLoop[InterestsWorkerConfig.event_loop],
     engine_in: Annotated[
         EngineIn,
         typer.Option(
@@ -91,14 +115,14 @@ def worker_interests(
             help="Where the users' states live: process (a child process, the engine on a "
             "core of its own) or local (this process: one core in all).",
         ),
-    ] = EngineIn.process,
+    ] = EngineIn[InterestsWorkerConfig.engine_in],
     published_state: Annotated[
         PublishedState,
         typer.Option(
             help="State in user-interests records: view (actions and assignments), full "
             "(with cluster sums and event ids: bit-exact) or none."
         ),
-    ] = PublishedState.view,
+    ] = PublishedState[InterestsWorkerConfig.published_state],
     bootstrap_servers: Bootstrap = None,
     loglevel: Annotated[str, typer.Option(help="crit, error, warn, info or debug")] = "warn",
 ) -> None:
@@ -106,8 +130,7 @@ def worker_interests(
 
     Every worker of one group must run the same engine settings (they share the users' states).
     """
-    from streams.interests import InterestConfig
-    from streams.interests_worker import InterestsWorker, InterestsWorkerConfig
+    from streams.interests_worker import InterestsWorker
     from streams.topics import ensure_topics
 
     setup_logging(logging.WARNING)
