@@ -36,7 +36,7 @@ BATCHES = (1, 32, 128)
 def item_texts(n: int, seed: int = 0) -> list[str]:
     """Item texts like the catalogue's: a title, category and tags, and for most a description."""
     from encoders.text import item_text
-    from streams.generate import THEMES, generate
+    from serving.datasets.generated import THEMES, generate
 
     rng = np.random.default_rng(seed)
     themes = list(THEMES)

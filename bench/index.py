@@ -35,8 +35,8 @@ import numpy as np  # noqa: E402 (after the BLAS thread setting)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import emit, parse_args, percentile_ms, progress  # noqa: E402 (after the BLAS thread setting)
+from serving.datasets.vectors import clustered_unit_vectors  # noqa: E402 (after the BLAS thread setting)
 from stores.index import ExactIndex, ItemIndex  # noqa: E402 (after the BLAS thread setting)
-from stores.synthetic import clustered_unit_vectors  # noqa: E402 (after the BLAS thread setting)
 
 DIM = 384
 K = 10

@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serving.evaluation_run import BASELINES, PRIMARY, EvalSettings, run_eval
-from streams.movielens import MovieLensUnavailable, ensure_movielens
+from serving.datasets.movielens import MovieLensUnavailable, ensure_movielens
+from serving.evaluation import BASELINES, PRIMARY, EvalSettings, run_eval
 
 METHODS = (*BASELINES, PRIMARY)
 

@@ -178,7 +178,7 @@ def main() -> None:
 
     import httpx
 
-    from stores.synthetic import clustered_unit_vectors
+    from serving.datasets.vectors import clustered_unit_vectors
     from streams.broker import EmbeddedBroker, free_port
     from streams.publish import Publisher
     from streams.schemas import Engagement, ItemEmbedding

@@ -113,7 +113,7 @@ class Workload:
     """
 
     def __init__(self, kind: str, users: int, items: int, seed: int = 0) -> None:
-        from stores.synthetic import clustered_unit_vectors
+        from serving.datasets.vectors import clustered_unit_vectors
 
         self.users, self.items = users, items
         rng = np.random.default_rng(seed)

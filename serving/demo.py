@@ -45,7 +45,7 @@ def load_sample(dataset: str = "auto", *, synthetic_events: int = 20_000) -> Dem
     """MovieLens 100k if ``dataset`` is auto/movielens and it can be had; else synthetic."""
     if dataset in ("auto", "movielens"):
         try:
-            from streams.movielens import MovieLensUnavailable, load_movielens
+            from serving.datasets.movielens import MovieLensUnavailable, load_movielens
         except ImportError as exc:
             if dataset == "movielens":
                 raise
@@ -58,7 +58,7 @@ def load_sample(dataset: str = "auto", *, synthetic_events: int = 20_000) -> Dem
                 if dataset == "movielens":
                     raise
                 log.warning("MovieLens 100k unavailable (%s); using synthetic data", exc)
-    from streams.generate import generate
+    from serving.datasets.generated import generate
 
     data = generate(users=200, items=2000, events=synthetic_events, seed=0)
     return DemoData("synthetic", data.items, data.engagements)

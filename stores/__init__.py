@@ -58,8 +58,6 @@ path) when another process holds it. Use as a context manager. Attributes and me
 ``CachedItemVectors(item_store, capacity=65_536)``: a thread-safe LRU of item vectors in
 front of an `ItemStore` (``vectors(ids)``, ``get(item_id)``, ``put_many``, ``delete``,
 ``invalidate(ids)``, ``clear()``, ``hits``, ``misses``).
-
-``stores.synthetic.clustered_unit_vectors(n, dim, ...)`` makes clustered test vectors.
 """
 
 from stores.index import ExactIndex, ItemIndex, Neighbor, normalize_rows

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from serving.datasets.generated import GeneratedData, generate
 from serving.readmodels import ReadModelConfig, ReadModels
-from streams.generate import GeneratedData, generate
 from streams.interests import InterestClusters
 from streams.publish import Publisher
 from streams.schemas import Engagement, ItemEmbedding, UserInterests, user_interests_json

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from serving.datasets.generated import generate, write
 from streams.broker import EmbeddedBroker
 from streams.consumer import ValidatingConsumer
 from streams.deadletters import parse_dead_letter
-from streams.generate import generate, write
 from streams.publish import Publisher, PublishError
 from streams.replay import LoggedRecord, read_log, read_topic, record, replay
 from streams.schemas import Engagement, UserDeleted

@@ -10,8 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from serving.datasets.generated import generate
+from serving.datasets.movielens import GENRES, MovieLensUnavailable, load_movielens
 from serving.evaluation import (
     Action,
+    EvalSettings,
     LastItem,
     MeanEmbedding,
     MedoidQuery,
@@ -24,14 +27,14 @@ from serving.evaluation import (
     ScoreQuery,
     VectorQuery,
     evaluate,
+    method_suite,
     metrics,
     recall_curve,
     replay_data,
+    run_eval,
+    write_reports,
 )
-from serving.evaluation_run import EvalSettings, method_suite, run_eval, write_reports
-from streams.generate import generate
 from streams.interests import DAY_MS
-from streams.movielens import GENRES, MovieLensUnavailable, load_movielens
 from streams.schemas import Engagement, Item
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from serving.datasets.generated import generate
 from streams.broker import EmbeddedBroker
-from streams.generate import generate
 from streams.publish import Publisher
 from streams.replay import read_log, record, replay
 from streams.schemas import UserInterests

@@ -11,9 +11,9 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from serving.datasets.vectors import clustered_unit_vectors
 from stores import ExactIndex, ItemIndex, Neighbor, normalize_rows
 from stores.index import _VectorIndex
-from stores.synthetic import clustered_unit_vectors
 
 DIM = 64
 AnyIndex = _VectorIndex  # the shared interface both classes implement

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from serving.datasets.vectors import clustered_unit_vectors
 from stores import ItemIndex
-from stores.synthetic import clustered_unit_vectors
 
 DIM = 64
 SECONDS = 5.0

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from serving.datasets.vectors import clustered_unit_vectors
 from stores import ExactIndex, ItemIndex, SnapshotError, normalize_rows
 from stores.snapshot import verify
-from stores.synthetic import clustered_unit_vectors
 
 DIM = 64
 OFFSETS = {"item-embeddings:0": 4000, "item-embeddings:1": 3871}

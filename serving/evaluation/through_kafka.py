@@ -1,7 +1,8 @@
 """``recstream eval --through-kafka``: the PinnerSage states come from the real interests worker.
 
-The in-process replay (``serving.evaluation``) runs the interests engine itself. This module runs
-the same replay through the embedded broker and a ``recstream worker interests`` process instead:
+The in-process replay (``serving.evaluation.replay``) runs the interests engine itself. This
+module runs the same replay through the embedded broker and a ``recstream worker interests``
+process instead:
 
 1. the catalogue's vectors go to ``item-embeddings`` (float32, exactly the evaluation's);
 2. the training-period positive engagements go to ``engagements`` in one bulk, and the worker's
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import pybase64
 
-from serving.evaluation import ReplayData
+from serving.evaluation.data import ReplayData
 from streams.interests import InterestConfig
 from streams.schemas import Engagement, ItemEmbedding, UserInterests
 from streams.settings import KafkaSettings
