@@ -27,19 +27,18 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pybase64
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from serving.popularity import DecayedPopularity
+from serving.readmodels.config import ReadModelConfig
+from serving.readmodels.metrics import ServingMetrics
 from serving.recommend import (
     InterestView,
     ItemInfo,
-    RecommendConfig,
     Recommender,
     UserProfile,
 )
@@ -69,88 +68,6 @@ TOPICS = (ITEM_EMBEDDINGS.name, USER_INTERESTS.name, ENGAGEMENTS.name)
 _POPULARITY_FILE = "popularity.npz"
 # Upserts larger than this clear the ANN cache instead of checking each cached medoid.
 _BULK_UPSERT = 256
-
-
-@dataclass(frozen=True)
-class ReadModelConfig:
-    """Where a replica keeps its state and how it indexes (documented defaults).
-
-    - ``data_dir``: ``state/`` (RocksDB), ``index/`` and ``popularity/`` snapshots.
-    - ``snapshot_every_s``: seconds between snapshots (300; 0 = only on close).
-    - ``index_M`` / ``index_ef_construction`` / ``index_ef``: HNSW parameters (16 / 100 / 32;
-      ``ef`` matches the recommender's search depth, see ``RecommendConfig``).
-    - ``index_copies``: 2 = queries never wait for writes (see ``stores.ItemIndex``).
-    - ``popularity_half_life_hours``: decay of cold-start popularity (24).
-    - ``user_cache_size``: decoded user profiles kept in memory (100,000).
-    - ``recent_users``: recently updated users listed for the dashboard (500).
-    - ``freeze_gc_when_ready``: once caught up, move everything alive to the garbage
-      collector's permanent generation (``gc.freeze``; False). The catalog, index maps and
-      profiles are millions of long-lived objects that each full collection would otherwise
-      walk, a pause of ~0.1 s under load; ``recstream serve`` sets it.
-    """
-
-    data_dir: Path = Path("data/serving")
-    snapshot_every_s: float = 300.0
-    snapshot_keep: int = 2
-    index_M: int = 16
-    index_ef_construction: int = 100
-    index_ef: int = 32
-    index_copies: int = 2
-    popularity_half_life_hours: float = 24.0
-    user_cache_size: int = 100_000
-    recent_users: int = 500
-    freeze_gc_when_ready: bool = False
-    poll_timeout_ms: int = 50
-    max_poll_records: int = 5000
-    recommend: RecommendConfig = field(default_factory=RecommendConfig)
-
-
-class ServingMetrics:
-    """Prometheus metrics of a serving replica (own registry: several apps may share a process)."""
-
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
-        r = self.registry
-        self.requests = Histogram(
-            "recstream_http_request_seconds",
-            "HTTP request latency",
-            ["route", "status"],
-            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
-            registry=r,
-        )
-        self.recommendations = Counter(
-            "recstream_recommendations_total", "Recommendation answers", ["kind"], registry=r
-        )
-        self.records = Counter(
-            "recstream_serving_records_total",
-            "Records applied by the read models",
-            ["topic", "outcome"],
-            registry=r,
-        )
-        self.index_items = Gauge(
-            "recstream_serving_index_items", "Items in the ANN index", registry=r
-        )
-        self.lag = Gauge(
-            "recstream_serving_consumer_lag", "Records not yet consumed", ["topic"], registry=r
-        )
-        self.ready = Gauge(
-            "recstream_serving_ready", "1 once caught up with the topics", registry=r
-        )
-        self.freshness = Histogram(
-            "recstream_serving_freshness_seconds",
-            "User event time -> this replica applied the interests reflecting it",
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-            registry=r,
-        )
-        self.cache_hits = Gauge(
-            "recstream_serving_ann_cache_hits", "Per-medoid ANN cache hits", registry=r
-        )
-        self.cache_misses = Gauge(
-            "recstream_serving_ann_cache_misses", "Per-medoid ANN cache misses", registry=r
-        )
-        self.snapshots = Counter(
-            "recstream_serving_snapshots_total", "Snapshots written", registry=r
-        )
 
 
 def profile_from_record(record: UserInterests, *, applied_ms: int = 0) -> UserProfile:
