@@ -272,7 +272,7 @@ def create_app(
     @app.get("/healthz", tags=["health"])
     async def healthz() -> Response:
         """Liveness: the process answers and the read models' consumer is running."""
-        if rm.error is not None or (rm._consumer is not None and not rm.alive):
+        if rm.error is not None or (rm.connected and not rm.alive):
             return problem(503, "Unhealthy", f"read models stopped: {rm.error!r}")
         return JSONResponse({"status": "ok"})
 
