@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serving.app import create_app
+from serving.api import create_app
 from streams.broker import EmbeddedBroker
 from streams.replay import read_topic
 from streams.topics import ENGAGEMENTS, ITEMS

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.app import create_app
+from serving.api import create_app
 from streams.broker import EmbeddedBroker, free_port
 from streams.settings import KafkaSettings
 from tests._serving import World, engage, make_world, publish_users, publish_world, read_models

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from fastapi.testclient import TestClient
 
-from serving.app import create_app
+from serving.api import create_app
 from streams.broker import EmbeddedBroker
 from streams.publish import Publisher
 from streams.schemas import Engagement

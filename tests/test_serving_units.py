@@ -156,7 +156,7 @@ def test_unknown_user_gets_popular_items_marked_cold_start() -> None:
 def test_cached_neighbour_lists_and_profiles_are_left_out_of_garbage_collections() -> None:
     """A full collection under load walked every cached profile and list (12-38 ms pauses):
     the caches hold plain tuples, which the collector untracks."""
-    from serving.readmodels import _pack, _unpack
+    from serving.readmodels.users import _pack, _unpack
 
     cache = NeighborCache(dim=2, capacity=4)
     cache.put("m", _unit(np.array([1.0, 0.0])), [("a", 0.9), ("b", 0.8)], depth=2, epoch=0)

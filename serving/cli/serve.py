@@ -68,7 +68,7 @@ def serve(
     """Run the HTTP API (recommendations, interests, events, dashboard) as one serving replica."""
     import uvicorn
 
-    from serving.app import create_app
+    from serving.api import create_app
     from serving.readmodels import ReadModels
     from streams.topics import ensure_topics
 

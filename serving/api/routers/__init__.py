@@ -1,0 +1,1 @@
+"""One ``APIRouter`` per resource: users, items, events, health, dashboard."""

@@ -1,0 +1,164 @@
+"""The read models' Kafka side (``TopicConsumer``): one consumer assigned every partition of the
+three topics it materializes (no consumer group: every replica reads every partition), the
+positions applied, the end offsets seen at start (readiness), lag, and dead letters."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from serving.readmodels.config import ReadModelConfig
+from serving.readmodels.metrics import ServingMetrics
+from streams.deadletters import DeadLetters
+from streams.settings import KafkaSettings
+from streams.topics import DEAD_LETTER_MAX_BYTES, ENGAGEMENTS, ITEM_EMBEDDINGS, USER_INTERESTS
+
+TOPICS = (ITEM_EMBEDDINGS.name, USER_INTERESTS.name, ENGAGEMENTS.name)
+
+Reject = Callable[[Any, Any, str], None]
+"""Dead-letters a record: ``(ConsumerRecord, TopicPartition, reason)``."""
+
+
+class TopicConsumer:
+    """Polls the topics from the offsets restored and keeps the positions applied.
+
+    Positions and the ends seen at start are ``"topic:partition"`` keys, as in the offset store.
+    """
+
+    def __init__(
+        self, settings: KafkaSettings, config: ReadModelConfig, metrics: ServingMetrics
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.metrics = metrics
+        self.positions: dict[str, int] = {}  # "topic:partition" -> next offset applied
+        self.start_ends: dict[str, int] = {}
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._tps: list[Any] = []
+        self._dead_letters: DeadLetters | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._consumer is not None
+
+    def connect(self, offsets: dict[str, int]) -> None:
+        """Assign every partition, seek to ``offsets`` (the beginning where none), and note the
+        end offsets (ready once reached)."""
+        from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+        consumer = KafkaConsumer(
+            **self.settings.consumer(),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.config.max_poll_records,
+        )
+        tps = []
+        for topic in TOPICS:
+            parts = consumer.partitions_for_topic(topic)
+            deadline = time.monotonic() + 30
+            while not parts and time.monotonic() < deadline:
+                time.sleep(0.2)
+                consumer.topics()  # refreshes metadata
+                parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                consumer.close()
+                raise RuntimeError(
+                    f"topic {topic!r} does not exist on {self.settings.bootstrap_servers}; "
+                    "create the topics first (`recstream topics`)"
+                )
+            tps += [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        for tp in tps:
+            stored = offsets.get(f"{tp.topic}:{tp.partition}")
+            if stored is not None:
+                consumer.seek(tp, stored)
+        ends = consumer.end_offsets(tps)
+        self.start_ends = {f"{tp.topic}:{tp.partition}": int(end) for tp, end in ends.items()}
+        for tp in tps:
+            self.positions[f"{tp.topic}:{tp.partition}"] = int(consumer.position(tp))
+        self._consumer = consumer
+        self._tps = tps
+        self._producer = KafkaProducer(
+            **self.settings.kafka_python(), linger_ms=5, max_request_size=DEAD_LETTER_MAX_BYTES
+        )
+        self._dead_letters = DeadLetters(_Sender(self._producer), rejected_by="serving")
+
+    def poll(self) -> dict[Any, list[Any]]:
+        """The next records, ``{TopicPartition: [ConsumerRecord]}`` (empty after the timeout)."""
+        batch: dict[Any, list[Any]] = self._consumer.poll(
+            timeout_ms=self.config.poll_timeout_ms,
+            max_records=self.config.max_poll_records,
+        )
+        return batch
+
+    def advance(self, batch: dict[Any, list[Any]]) -> None:
+        """Note ``batch`` as applied."""
+        for tp, records in batch.items():
+            if records:
+                self.positions[f"{tp.topic}:{tp.partition}"] = records[-1].offset + 1
+
+    def caught_up(self) -> bool:
+        """Every partition applied up to the end offset seen at start."""
+        return all(self.positions.get(tp, 0) >= end for tp, end in self.start_ends.items())
+
+    def behind_start_ends(self) -> dict[str, int]:
+        """Records per topic not yet applied of those there at start."""
+        behind: dict[str, int] = {}
+        for tp, end in self.start_ends.items():
+            pos = self.positions.get(tp, 0)
+            if pos < end:
+                topic = tp.rsplit(":", 1)[0]
+                behind[topic] = behind.get(topic, 0) + end - pos
+        return behind
+
+    def update_lag(self) -> bool:
+        """Set the lag gauges from the current end offsets; False when those could not be read."""
+        try:
+            ends = self._consumer.end_offsets(self._tps)
+        except Exception:  # lag is telemetry: never fatal
+            return False
+        lag: dict[str, int] = {}
+        for tp, end in ends.items():
+            behind = max(int(end) - self.positions.get(f"{tp.topic}:{tp.partition}", 0), 0)
+            lag[tp.topic] = lag.get(tp.topic, 0) + behind
+        for topic, value in lag.items():
+            self.metrics.lag.labels(topic).set(value)
+        return True
+
+    def reject(self, m: Any, tp: Any, reason: str) -> None:
+        """Count ``m`` as dead-lettered and send it to the dead letters (once connected)."""
+        self.metrics.records.labels(tp.topic, "dead_lettered").inc()
+        if self._dead_letters is not None:
+            self._dead_letters.reject(
+                m.value,
+                reason,
+                source_topic=tp.topic,
+                partition=tp.partition,
+                offset=m.offset,
+                key=m.key,
+            )
+
+    def flush_dead_letters(self) -> None:
+        if self._dead_letters is not None and self._dead_letters.count:
+            self._producer.flush()
+
+    def close(self) -> None:
+        """Close the consumer and the dead letters' producer (the positions stay)."""
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+        if self._producer is not None:
+            self._producer.close()
+            self._producer = None
+
+
+class _Sender:
+    def __init__(self, producer: Any) -> None:
+        self._producer = producer
+
+    def send(self, topic: str, value: bytes | None, *, key: bytes | None) -> Any:
+        return self._producer.send(topic, value=value, key=key)
