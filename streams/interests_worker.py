@@ -36,7 +36,7 @@ writes need faust's "current event" (it picks the changelog partition from it); 
 Where the time goes (see README, Benchmarks): faust's per-event consume path on this process's
 core, the engine (learn, summaries, state bytes) on the engine process's; records out are
 batched, the table stores write without a WAL, the loop is uvloop's and full garbage
-collections walk only what is new (``streams.heap.FreezeSurvivors``).
+collections walk only what is new (``streams.faust_runtime.heap.FreezeSurvivors``).
 """
 
 from __future__ import annotations
@@ -59,7 +59,6 @@ import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from stores.kv import CachedItemVectors, StateDB
-from streams.batching import take_waiting
 from streams.engine_process import (
     ENGINES,
     FORGET,
@@ -74,10 +73,14 @@ from streams.engine_process import (
     UserJob,
     UserResult,
 )
-from streams.faust_consumer import use_quick_consumer
-from streams.heap import FreezeSurvivors
+from streams.faust_runtime.batching import take_waiting
+from streams.faust_runtime.consumer import use_quick_consumer
+from streams.faust_runtime.event_loop import EVENT_LOOPS, use_event_loop
+from streams.faust_runtime.heap import FreezeSurvivors
+from streams.faust_runtime.monitor import without_faust_monitor
+from streams.faust_runtime.outbox import Outbox
+from streams.faust_runtime.tables import add_end_markers, outbox_table, set_persisted_offsets
 from streams.interests import InterestClusters, InterestConfig
-from streams.outbox import Outbox
 from streams.schemas import (
     Engagement,
     InvalidEvent,
@@ -98,7 +101,6 @@ from streams.topics import (
 log = logging.getLogger(__name__)
 
 APP_ID = "recstream-interests"
-EVENT_LOOPS = ("uvloop", "asyncio")
 # Table values: (partition, offset) of the user's last processed engagement, then the state.
 STATE_POSITION = struct.Struct("<iq")
 
@@ -110,7 +112,7 @@ class InterestsWorkerConfig:
     app_id: str = APP_ID
     data_dir: Path = Path("data/interests-worker")
     # A batch closes once it holds every event the broker had, at batch_size events, or
-    # batch_within_s after the previous batch (see streams.batching.take_waiting).
+    # batch_within_s after the previous batch (see streams.faust_runtime.batching.take_waiting).
     batch_size: int = 50_000
     batch_within_s: float = 1.0
     # Where the users' states live: "process" (a child process: the engine on a core of its
@@ -132,7 +134,8 @@ class InterestsWorkerConfig:
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can reach it
     event_loop: str = "uvloop"  # or "asyncio"; uvloop falls back to asyncio when missing
     # Survivors of full collections are frozen; every this many seconds the collector sees the
-    # whole heap once more (see streams.heap.FreezeSurvivors). 0 = the default collector.
+    # whole heap once more (see streams.faust_runtime.heap.FreezeSurvivors). 0 = the default
+    # collector.
     full_gc_every_s: float = 600.0
     engine: InterestConfig = field(default_factory=InterestConfig)
 
@@ -173,21 +176,6 @@ def _engagement_or_error(raw: bytes | None) -> Any:
         return decode_for_topic(ENGAGEMENTS.name, raw)
     except InvalidEvent as exc:
         return exc
-
-
-def _without_faust_monitor(app: Any) -> None:
-    """Keep faust's Monitor off the app's sensors: it books every message and stream event
-    in and out (~4% of the worker's time at full speed, py-spy), for faust's web stats, which
-    the worker does not serve (its metrics are its own, ``WorkerMetrics``). faust's direct calls
-    to ``app.monitor`` (end offsets, commits) still reach it."""
-    init_dependencies = app.on_init_dependencies
-
-    def on_init_dependencies() -> Any:
-        services = init_dependencies()  # adds the monitor to the sensors
-        app.sensors.remove(app.monitor)
-        return services
-
-    app.on_init_dependencies = on_init_dependencies
 
 
 class _BatchVectors:
@@ -392,113 +380,6 @@ class ItemFeed:
         self.arrived.extend(r.item_id for r in puts)
 
 
-END_MARKER_KEY = "\x00recstream:end-of-batch"
-"""Key of the tombstone that closes a batch on each written changelog partition (no user id
-can be it: ids are validated printable strings)."""
-
-
-class _Written:
-    """What faust's ``Table.on_key_set`` reads back from ``send_changelog``."""
-
-    __slots__ = ("message", "partition")
-
-    def __init__(self, partition: int) -> None:
-        self.message = self
-        self.partition = partition
-
-
-class _UnloggedRocksDB:
-    """faust's RocksDB options, opening databases that write without a write-ahead log.
-
-    The changelog is a table's log: after a crash the worker rebuilds its local tables from
-    the changelogs anyway (``_forget_local_tables_after_crash``), and a memtable lost at exit
-    takes the persisted changelog offset with it, so the restart only replays more. The WAL
-    cost more than the memtable insert of each state write.
-    """
-
-    def __init__(self, options: Any) -> None:
-        self._options = options
-
-    def open(self, path: Path, *, read_only: bool = False) -> Any:
-        from rocksdict import WriteOptions
-
-        db = self._options.open(path, read_only=read_only)
-        unlogged = WriteOptions()
-        unlogged.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; stub says method
-        db.set_write_options(unlogged)
-        return db
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._options, name)
-
-
-def _outbox_table(outbox: Outbox, touched: set[tuple[Any, int]]) -> type:
-    """A faust Table class whose changelog records go to ``outbox`` (sent with the batch's
-    other records by ``InterestsWorker._confirm_delivery``), noting each written (table,
-    changelog partition) in ``touched``; its RocksDB stores write without a WAL."""
-    import faust
-
-    class OutboxTable(faust.Table):
-        def _new_store_by_url(self, url: Any) -> Any:
-            store = super()._new_store_by_url(url)
-            options = getattr(store, "rocksdb_options", None)
-            if options is not None and getattr(options, "use_rocksdict", False):
-                store.rocksdb_options = _UnloggedRocksDB(options)  # type: ignore[attr-defined]
-            return store
-
-        def changelog_key(self, key: Any) -> bytes:
-            """``key`` as the table stores it (and as its changelog records carry it)."""
-            raw = self.app.serializers.dumps_key(self.key_type, key, serializer=self.key_serializer)
-            assert raw is not None
-            return raw
-
-        def send_changelog(
-            self,
-            partition: int | None,
-            key: Any,
-            value: Any,
-            key_serializer: Any = None,
-            value_serializer: Any = None,
-        ) -> Any:
-            if partition is None:
-                raise RuntimeError("table written outside of an engagement's processing")
-            raw = None
-            if value is not None:
-                raw = self.app.serializers.dumps_value(
-                    self.value_type, value, serializer=value_serializer or self.value_serializer
-                )
-            outbox.add(
-                self.changelog_topic.get_topic_name(),
-                self.changelog_key(key),
-                raw,
-                partition=partition,
-            )
-            touched.add((self, partition))
-            return _Written(partition)
-
-    return OutboxTable
-
-
-def use_event_loop(name: str) -> str:
-    """Make ``name`` ("uvloop" or "asyncio") the event loop of faust apps started from now on
-    in this process; returns the one in use (asyncio when uvloop is not installed).
-
-    faust's per-event work is mostly asyncio machinery (futures, callbacks, transports):
-    uvloop, which faust and mode support, does it in C.
-    """
-    if name not in EVENT_LOOPS:
-        raise ValueError(f"unknown event loop {name!r}: expected uvloop or asyncio")
-    if name == "uvloop":
-        try:
-            import mode.loop
-
-            mode.loop.use("uvloop")
-            return "uvloop"
-        except ImportError:
-            log.warning("uvloop is not installed: running on asyncio's own event loop")
-    return "asyncio"
-
-
 async def _caught_up(consumer: Any, tps: Sequence[Any], end: dict[Any, int]) -> bool:
     for tp in tps:
         if await consumer.position(tp) < end[tp]:
@@ -572,10 +453,10 @@ class InterestsWorker:
             stream_wait_empty=False,
             # Room for whole batches in the stream buffer (faust's 4096 cut them to ~800).
             stream_buffer_maxsize=max(4096, 2 * cfg.batch_size),
-            Table=_outbox_table(self.outbox, self._touched),
+            Table=outbox_table(self.outbox, self._touched),
         )
         use_quick_consumer(self.app)  # no task per message; no event lost around a seek
-        _without_faust_monitor(self.app)
+        without_faust_monitor(self.app)
         raw: dict[str, Any] = {
             "key_type": bytes,
             "value_type": bytes,
@@ -650,7 +531,8 @@ class InterestsWorker:
 
     async def _on_rebalance_complete(self, app: Any, *args: Any, **kwargs: Any) -> None:
         """Just before faust seeks the assigned partitions (to their committed offsets, or
-        their beginning: ``streams.faust_consumer.SeekWithFlowHeld``) and resumes the flow."""
+        their beginning: ``streams.faust_runtime.consumer.SeekWithFlowHeld``) and resumes the
+        flow."""
         self._assigned = True
         self._mark_consuming()
         consumer: Any = self.app.consumer
@@ -710,23 +592,9 @@ class InterestsWorker:
         touched = sorted(self._touched, key=lambda tp: (tp[0].name, tp[1]))
         self._touched.clear()
         if touched and self.settings.one_record_batches:
-            # Each written changelog partition ends on a one-record batch (see
-            # KafkaSettings.one_record_batches): a tombstone for a key no table holds.
-            self.outbox.seal()
-            for table, partition in touched:
-                topic = table.changelog_topic.get_topic_name()
-                key = table.changelog_key(END_MARKER_KEY)
-                self.outbox.add(topic, key, None, partition=partition)
+            add_end_markers(self.outbox, touched)
         written = await self.outbox.flush()
-        from faust.types import TP
-
-        # What faust does per changelog record: the local store remembers how far it is
-        # written, so a restart replays only the changelog's tail into it.
-        for table, partition in touched:
-            topic = table.changelog_topic.get_topic_name()
-            offset = written.get((topic, partition))
-            if offset is not None:
-                table.data.set_persisted_offset(TP(topic, partition), offset)
+        set_persisted_offsets(touched, written)
 
     async def _housekeeping(self) -> None:
         await self._republish_arrived()
