@@ -422,8 +422,8 @@ def worker_encoder(
     """Items -> ONNX text encoder (batched) -> item-embeddings."""
     import signal
 
-    from streams.encoder_worker import EncoderWorker
     from streams.topics import ensure_topics
+    from streams.workers.encoder import EncoderWorker
 
     _setup_logging()
     settings = _settings(bootstrap_servers)
