@@ -35,11 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import emit, parse_args, percentile_ms, progress, start_recstream
 from streams.broker import EMBEDDED_ENV, EmbeddedBroker, free_port
-from streams.interests_worker import InterestsWorkerConfig
 from streams.publish import Publisher
 from streams.schemas import Engagement, ItemEmbedding
 from streams.settings import KafkaSettings
 from streams.topics import ENGAGEMENTS, ITEM_EMBEDDINGS, USER_INTERESTS, ensure_topics
+from streams.workers.interests.worker import InterestsWorkerConfig
 
 DIM = 384
 HISTORY_TS = 1_700_000_000_000  # event time of the first preloaded engagement (ms)

@@ -369,8 +369,8 @@ def worker_interests(
     Every worker of one group must run the same engine settings (they share the users' states).
     """
     from streams.interests import InterestConfig
-    from streams.interests_worker import InterestsWorker, InterestsWorkerConfig
     from streams.topics import ensure_topics
+    from streams.workers.interests.worker import InterestsWorker, InterestsWorkerConfig
 
     _setup_logging(logging.WARNING)
     settings = _settings(bootstrap_servers)

@@ -17,12 +17,12 @@ import numpy as np
 
 from streams.broker import EMBEDDED_ENV
 from streams.interests import STATE_HEADER, InterestClusters, InterestConfig
-from streams.interests_worker import APP_ID, STATE_POSITION
 from streams.publish import Publisher
 from streams.replay import read_topic
 from streams.schemas import Engagement, ItemEmbedding, UserInterests, decode_for_topic
 from streams.settings import KafkaSettings
 from streams.topics import ITEM_EMBEDDINGS, USER_INTERESTS
+from streams.workers.interests.worker import APP_ID, STATE_POSITION
 
 
 def topic_vectors(

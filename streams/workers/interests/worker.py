@@ -6,11 +6,10 @@ One faust app (``recstream worker interests``):
   closes once it holds every event the broker had, so a lagging worker takes big batches and
   a caught-up one is not held by a timer; the next batch fills while one is worked on), groups
   them by user, and sends each user's events with their item vectors to the **engine process**
-  (``streams.engine_process``: the users' ``InterestClusters`` live in a child process, so the
-  engine's numpy work and faust's consume path run on two cores), in chunks of users. It writes
-  each changed state once per batch to the ``interests`` table (rocksdb store,
-  changelog-backed) and publishes the user's interests to the compacted ``user-interests``
-  topic.
+  (``engine_process``: the users' ``InterestClusters`` live in a child process, so the engine's
+  numpy work and faust's consume path run on two cores), in chunks of users. It writes each
+  changed state once per batch to the ``interests`` table (rocksdb store, changelog-backed) and
+  publishes the user's interests to the compacted ``user-interests`` topic.
 - **item feed** (a task): every worker reads *all* partitions of ``item-embeddings`` into a
   local RocksDB item store (with an LRU in front), so any worker can look up any item. The
   agent starts only once the feed has caught up with the topic ends seen at start.
@@ -59,20 +58,6 @@ import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from stores.kv import CachedItemVectors, StateDB
-from streams.engine_process import (
-    ENGINES,
-    FORGET,
-    PUBLISHED_STATES,
-    Batch,
-    EngineProcess,
-    EngineProcessError,
-    HeldUsers,
-    Learn,
-    LocalEngine,
-    Publishing,
-    UserJob,
-    UserResult,
-)
 from streams.faust_runtime.batching import take_waiting
 from streams.faust_runtime.consumer import use_quick_consumer
 from streams.faust_runtime.event_loop import EVENT_LOOPS, use_event_loop
@@ -96,6 +81,20 @@ from streams.topics import (
     RESENT_HEADER,
     USER_INTERESTS,
     is_resent,
+)
+from streams.workers.interests.engine_process import (
+    ENGINES,
+    FORGET,
+    PUBLISHED_STATES,
+    Batch,
+    EngineProcess,
+    EngineProcessError,
+    HeldUsers,
+    Learn,
+    LocalEngine,
+    Publishing,
+    UserJob,
+    UserResult,
 )
 
 log = logging.getLogger(__name__)

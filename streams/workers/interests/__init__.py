@@ -1,0 +1,1 @@
+"""The interests worker: ``engagements`` -> per-user ``InterestClusters`` -> ``user-interests``."""
