@@ -39,7 +39,7 @@ from streams.publish import Publisher
 from streams.schemas import Engagement, ItemEmbedding
 from streams.settings import KafkaSettings
 from streams.topics import ENGAGEMENTS, ITEM_EMBEDDINGS, USER_INTERESTS, ensure_topics
-from streams.workers.interests.worker import InterestsWorkerConfig
+from streams.workers.interests.config import InterestsWorkerConfig
 
 DIM = 384
 HISTORY_TS = 1_700_000_000_000  # event time of the first preloaded engagement (ms)

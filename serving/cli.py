@@ -370,7 +370,8 @@ def worker_interests(
     """
     from streams.interests import InterestConfig
     from streams.topics import ensure_topics
-    from streams.workers.interests.worker import InterestsWorker, InterestsWorkerConfig
+    from streams.workers.interests.config import InterestsWorkerConfig
+    from streams.workers.interests.worker import InterestsWorker
 
     _setup_logging(logging.WARNING)
     settings = _settings(bootstrap_servers)

@@ -43,33 +43,28 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
 import struct
 import time
 import weakref
 from collections import Counter as Tally
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, NamedTuple, cast
 
 import numpy as np
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from stores.kv import CachedItemVectors, StateDB
+from stores.kv import StateDB
 from streams.faust_runtime.batching import take_waiting
 from streams.faust_runtime.consumer import use_quick_consumer
-from streams.faust_runtime.event_loop import EVENT_LOOPS, use_event_loop
+from streams.faust_runtime.event_loop import use_event_loop
 from streams.faust_runtime.heap import FreezeSurvivors
 from streams.faust_runtime.monitor import without_faust_monitor
 from streams.faust_runtime.outbox import Outbox
 from streams.faust_runtime.tables import add_end_markers, outbox_table, set_persisted_offsets
-from streams.interests import InterestClusters, InterestConfig
+from streams.interests import InterestClusters
 from streams.schemas import (
     Engagement,
     InvalidEvent,
-    ItemEmbedding,
     UserDeleted,
     decode_for_topic,
 )
@@ -77,84 +72,35 @@ from streams.settings import KafkaSettings
 from streams.topics import (
     DEAD_LETTERS,
     ENGAGEMENTS,
-    ITEM_EMBEDDINGS,
     RESENT_HEADER,
     USER_INTERESTS,
     is_resent,
 )
+from streams.workers.interests.config import InterestsWorkerConfig
 from streams.workers.interests.engine_process import (
     ENGINES,
     FORGET,
-    PUBLISHED_STATES,
     Batch,
     EngineProcess,
     EngineProcessError,
     HeldUsers,
     Learn,
     LocalEngine,
-    Publishing,
     UserJob,
     UserResult,
+)
+from streams.workers.interests.item_feed import ItemFeed
+from streams.workers.interests.lag import ConsumerLag
+from streams.workers.interests.metrics import WorkerMetrics
+from streams.workers.interests.recovery import (
+    forget_local_tables_after_crash,
+    mark_clean_shutdown,
 )
 
 log = logging.getLogger(__name__)
 
-APP_ID = "recstream-interests"
 # Table values: (partition, offset) of the user's last processed engagement, then the state.
 STATE_POSITION = struct.Struct("<iq")
-
-
-@dataclass(frozen=True)
-class InterestsWorkerConfig:
-    """Tunables of the interests worker (defaults suit the embedded broker and production)."""
-
-    app_id: str = APP_ID
-    data_dir: Path = Path("data/interests-worker")
-    # A batch closes once it holds every event the broker had, at batch_size events, or
-    # batch_within_s after the previous batch (see streams.faust_runtime.batching.take_waiting).
-    batch_size: int = 50_000
-    batch_within_s: float = 1.0
-    # Where the users' states live: "process" (a child process: the engine on a core of its
-    # own) or "local" (this process).
-    engine_in: str = "process"
-    # Users per request to the engine; one request is worked on while the next is prepared
-    # and the previous one's results are written.
-    chunk_users: int = 1_000
-    state_cache_users: int = 20_000
-    item_cache_vectors: int = 100_000
-    max_parked_per_user: int = 1_000
-    published_interests: int = 10
-    published_members: int = 5
-    # State in each user-interests record: "view" (what readers need: actions, assignments;
-    # a tenth of the bytes), "full" (with cluster sums and event ids, bit-exact) or "none".
-    published_state: str = "view"
-    commit_interval_s: float = 1.0
-    metrics_port: int | None = None
-    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can reach it
-    event_loop: str = "uvloop"  # or "asyncio"; uvloop falls back to asyncio when missing
-    # Survivors of full collections are frozen; every this many seconds the collector sees the
-    # whole heap once more (see streams.faust_runtime.heap.FreezeSurvivors). 0 = the default
-    # collector.
-    full_gc_every_s: float = 600.0
-    engine: InterestConfig = field(default_factory=InterestConfig)
-
-    def __post_init__(self) -> None:
-        if self.published_state not in PUBLISHED_STATES:
-            raise ValueError(
-                f"published_state must be view, full or none: {self.published_state!r}"
-            )
-        if self.event_loop not in EVENT_LOOPS:
-            raise ValueError(f"event_loop must be uvloop or asyncio: {self.event_loop!r}")
-        if self.full_gc_every_s < 0 or self.batch_within_s <= 0:
-            raise ValueError("full_gc_every_s must be >= 0 and batch_within_s > 0")
-        if self.engine_in not in ENGINES:
-            raise ValueError(f"engine_in must be process or local: {self.engine_in!r}")
-        if self.chunk_users < 1 or self.state_cache_users < 1:
-            raise ValueError("chunk_users and state_cache_users must be >= 1")
-
-    @property
-    def publishing(self) -> Publishing:
-        return Publishing(self.published_interests, self.published_members, self.published_state)
 
 
 class _Planned(NamedTuple):
@@ -209,183 +155,6 @@ class _Chunk(NamedTuple):
     sent: float  # perf_counter
 
 
-class WorkerMetrics:
-    """Prometheus metrics of the interests worker."""
-
-    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
-        self.events = Counter(
-            "recstream_interest_events_total",
-            "Engagement events processed",
-            ["outcome"],
-            registry=registry,
-        )
-        self.dead_letters = Counter(
-            "recstream_interest_dead_letters_total",
-            "Messages sent to dead-letters",
-            registry=registry,
-        )
-        self.parked = Gauge(
-            "recstream_interest_parked_events",
-            "Engagements waiting for their item's embedding",
-            registry=registry,
-        )
-        self.lag = Gauge(
-            "recstream_interest_consumer_lag",
-            "Engagements not yet consumed (sum over partitions)",
-            registry=registry,
-        )
-        self.update_latency = Histogram(
-            "recstream_interest_update_seconds",
-            "Time from a user's events sent to the engine to their results written (per user)",
-            buckets=(1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0),
-            registry=registry,
-        )
-        self.batch_size = Histogram(
-            "recstream_interest_batch_events",
-            "Events per processed batch",
-            buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000, 50000),
-            registry=registry,
-        )
-        self.consuming_since = Gauge(
-            "recstream_interest_consuming_since_seconds",
-            "When the agent could first take engagements (unix time; feed loaded, partitions in)",
-            registry=registry,
-        )
-        self.deferred = Counter(
-            "recstream_interest_deferred_events_total",
-            "Events of a batch left to the next partition owner because a rebalance began",
-            registry=registry,
-        )
-        self.partitions = Gauge(
-            "recstream_interest_partitions",
-            "Engagement partitions assigned to this worker",
-            registry=registry,
-        )
-        self.items = Gauge(
-            "recstream_interest_item_vectors",
-            "Item embeddings known to this worker",
-            registry=registry,
-        )
-
-
-class ItemFeed:
-    """Materializes all of ``item-embeddings`` into a local item store (every worker has all)."""
-
-    def __init__(self, settings: KafkaSettings, db: StateDB, cache_size: int) -> None:
-        self.settings = settings
-        self.db = db
-        self.vectors = CachedItemVectors(db.items, capacity=cache_size)
-        # Deleted since this process started; states restored later drop deleted items anyway,
-        # because their vectors are gone from the store.
-        self.deleted: set[str] = set()
-        self.ready = asyncio.Event()
-        self.arrived: list[str] = []  # item ids that got an embedding since last drained
-
-    def lookup(self, ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
-        return self.vectors.vectors(ids)
-
-    async def run(self) -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
-        consumer = AIOKafkaConsumer(
-            **self.settings.aiokafka(),
-            enable_auto_commit=False,
-            group_id=None,
-            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
-        )
-        await consumer.start()
-        try:
-            parts = consumer.partitions_for_topic(ITEM_EMBEDDINGS.name)
-            while not parts:
-                await consumer._client.force_metadata_update()
-                parts = consumer.partitions_for_topic(ITEM_EMBEDDINGS.name)
-            tps = [TopicPartition(ITEM_EMBEDDINGS.name, p) for p in sorted(parts)]
-            consumer.assign(tps)
-            stored = self.db.offsets.load()
-            for tp in tps:
-                offset = stored.get(f"{tp.topic}:{tp.partition}")
-                if offset is None:
-                    await consumer.seek_to_beginning(tp)
-                else:
-                    consumer.seek(tp, offset)
-            end = await consumer.end_offsets(tps)
-            if await _caught_up(consumer, tps, end):
-                self.ready.set()
-            while True:
-                batch = await consumer.getmany(timeout_ms=200, max_records=5000)
-                for tp, records in batch.items():
-                    self._apply(tp.topic, tp.partition, records)
-                if not self.ready.is_set() and await _caught_up(consumer, tps, end):
-                    log.info("item feed caught up: %d item vectors", len(self.db.items))
-                    self.ready.set()
-        finally:
-            await consumer.stop()
-
-    def _apply(self, topic: str, partition: int, records: Iterable[Any]) -> None:
-        latest: dict[str, ItemEmbedding | None] = {}  # None = deleted; later records win
-        last = -1
-        for m in records:
-            last = m.offset
-            if not m.key:
-                continue
-            if m.value is None:
-                latest[m.key.decode()] = None
-                continue
-            try:
-                rec = decode_for_topic(topic, m.value)
-                rec.array()  # checks the vector against its dim
-            except InvalidEvent as exc:
-                log.warning(
-                    "skipping bad item embedding at %s[%d]@%d: %s",
-                    topic,
-                    partition,
-                    m.offset,
-                    exc.reason,
-                )
-                continue
-            latest[rec.item_id] = rec
-        if last < 0:
-            return
-        puts = [r for r in latest.values() if r is not None]
-        gone = [i for i, r in latest.items() if r is None]
-        # One dimension per item store (the first item's): another encoder's vectors need a
-        # new store. Skipped, not fatal: the feed must go on.
-        # (``dim`` is checked against the vector when the record is decoded.)
-        dim = self.db.items.dim or (puts[0].dim if puts else None)
-        for r in puts:
-            if r.dim != dim:
-                log.warning(
-                    "skipping item embedding %s: %d-d, the item store holds %s-d vectors",
-                    r.item_id,
-                    r.dim,
-                    dim,
-                )
-        puts = [r for r in puts if r.dim == dim]
-        with self.db.batch() as batch:
-            if puts:
-                self.db.items.put_many(
-                    [r.item_id for r in puts],
-                    np.stack([r.array() for r in puts]),
-                    encoder_version=[r.encoder_version for r in puts],
-                    ts=[r.source_ts for r in puts],
-                    batch=batch,
-                )
-            if gone:
-                self.db.items.delete(gone, batch=batch)
-            self.db.offsets.commit({f"{topic}:{partition}": last + 1}, batch=batch)
-        self.vectors.invalidate(latest)
-        self.deleted.difference_update(r.item_id for r in puts)
-        self.deleted.update(gone)
-        self.arrived.extend(r.item_id for r in puts)
-
-
-async def _caught_up(consumer: Any, tps: Sequence[Any], end: dict[Any, int]) -> bool:
-    for tp in tps:
-        if await consumer.position(tp) < end[tp]:
-            return False
-    return True
-
-
 def ackable(events: Sequence[Any], undone: Sequence[Any]) -> list[Any]:
     """The ``events`` (faust ``Event`` objects) that may be acked when ``undone`` were not
     handled: in each partition, those before its first undone event.
@@ -424,7 +193,7 @@ class InterestsWorker:
         self.metrics = metrics or WorkerMetrics()
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self._forget_local_tables_after_crash()
+        forget_local_tables_after_crash(cfg.data_dir)
         # Changelog and user-interests records of the current batch, sent together after it.
         self.outbox = Outbox(settings, client_id=f"{cfg.app_id}-outbox")
         # (table, changelog partition) written in the current batch: end markers, offsets.
@@ -486,14 +255,13 @@ class InterestsWorker:
         self._decoded: dict[tuple[Any, int], Any] = {}
         # (partition, offset) of the last engagement each cached user's stored state reflects.
         self._positions: dict[str, tuple[int, int]] = {}
-        # Next engagement offset to process, per partition (for the lag gauge).
-        self._next_offset: dict[int, int] = {}
         # Parked events by item, and the users that have any: built once the tables are
         # recovered (None until then, and again from a revocation to the next recovery).
         self._parked_index: dict[str, set[str]] | None = None
         self._parked_users: set[str] | None = None
         self._parked_count = 0
         self._agent_ready = self._assigned = self._consuming = False
+        self.lag = ConsumerLag(self.app, self.metrics.lag)
         self.app.agent(self.engagements, name="interests")(self._agent)
         self.app.task(self._feed_task)
         self.app.timer(2.0)(self._housekeeping)
@@ -524,7 +292,7 @@ class InterestsWorker:
         if self._engine is not None:
             await self._engine.clear()
         self._positions.clear()
-        self._next_offset.clear()
+        self.lag.next_offset.clear()
         self._parked_index = None
         self._parked_users = None
 
@@ -576,7 +344,7 @@ class InterestsWorker:
                     # its committed offset and they come again, to whoever owns them then.
                     events[:] = ackable(events, undone)
                     self.metrics.deferred.inc(len(undone))
-                await self._update_lag()
+                await self.lag.update()
         finally:
             stream._processors.remove(decode)
             decoded.clear()
@@ -597,7 +365,7 @@ class InterestsWorker:
 
     async def _housekeeping(self) -> None:
         await self._republish_arrived()
-        await self._update_lag()
+        await self.lag.update()
         self.metrics.items.set(self.items_db.items.estimated_len())
 
     # -- processing ---------------------------------------------------------------------
@@ -627,10 +395,11 @@ class InterestsWorker:
         generation = app.consumer_generation_id
         # The backlog as this batch starts (a restarted worker may take it all in one batch, so
         # the gauge updated after each batch would never show it).
+        next_offset = self.lag.next_offset
         for ev in events:
             if ev.message.generation_id == generation:
-                self._next_offset.setdefault(ev.message.partition, ev.message.offset)
-        await self._update_lag()
+                next_offset.setdefault(ev.message.partition, ev.message.offset)
+        await self.lag.update()
         undone: list[Any] = []
         per_user: OrderedDict[str, list[tuple[Any, Any]]] = OrderedDict()
         for ev, decoded in taken:
@@ -638,9 +407,7 @@ class InterestsWorker:
             if msg.generation_id != generation:
                 undone.append(ev)
                 continue
-            self._next_offset[msg.partition] = max(
-                self._next_offset.get(msg.partition, 0), msg.offset + 1
-            )
+            next_offset[msg.partition] = max(next_offset.get(msg.partition, 0), msg.offset + 1)
             if decoded is None:  # not taken through the agent's decoder
                 decoded = _engagement_or_error(ev.value)
             if isinstance(decoded, InvalidEvent):
@@ -920,45 +687,7 @@ class InterestsWorker:
         )
         self.metrics.dead_letters.inc()
 
-    async def _update_lag(self) -> None:
-        """Engagements behind the partitions' ends: processed here, or else fetched so far."""
-        consumer: Any = self.app.consumer
-        lag = 0
-        try:
-            for tp in consumer.assignment():
-                if tp.topic != ENGAGEMENTS.name:
-                    continue
-                high = consumer.highwater(tp)
-                pos = self._next_offset.get(tp.partition)
-                if pos is None:
-                    pos = await consumer.position(tp)
-                if high is not None and pos is not None:
-                    lag += max(high - pos, 0)
-        except Exception as exc:  # lag is best-effort telemetry, never fatal
-            log.debug("consumer lag unavailable: %s", exc)
-            return
-        self.metrics.lag.set(lag)
-
     # -- running ------------------------------------------------------------------------
-
-    @property
-    def _clean_marker(self) -> Path:
-        return self.config.data_dir / "clean-shutdown"
-
-    def _forget_local_tables_after_crash(self) -> None:
-        """After a crash, rebuild faust's local tables from their changelogs.
-
-        A SIGKILL can leave the local RocksDB ahead of the changelog (a write stored locally
-        whose changelog record never reached the broker); faust then refuses to start
-        (ConsistencyError). The changelog is the source of truth, and events applied only
-        locally are redelivered because their offsets were not committed, so dropping the
-        local copy loses nothing.
-        """
-        tables = self.config.data_dir / "faust"
-        if tables.exists() and not self._clean_marker.exists():
-            log.warning("unclean shutdown detected: rebuilding local tables from changelogs")
-            shutil.rmtree(tables)
-        self._clean_marker.unlink(missing_ok=True)
 
     def run(self, loglevel: str = "warn") -> None:
         """Run the worker in the foreground until SIGINT/SIGTERM."""
@@ -990,4 +719,4 @@ class InterestsWorker:
             self._engine = None
             self.items_db.close()
             if clean:
-                self._clean_marker.touch()
+                mark_clean_shutdown(cfg.data_dir)
