@@ -22,8 +22,8 @@ from streams.replay import read_topic
 from streams.schemas import Engagement, ItemEmbedding, UserInterests, decode_for_topic
 from streams.settings import KafkaSettings
 from streams.topics import ITEM_EMBEDDINGS, USER_INTERESTS
+from streams.workers.interests.app import STATE_POSITION
 from streams.workers.interests.config import APP_ID
-from streams.workers.interests.worker import STATE_POSITION
 
 
 def topic_vectors(

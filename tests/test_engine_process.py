@@ -197,7 +197,7 @@ def test_the_child_process_ends_when_the_worker_is_gone() -> None:
 def test_a_cut_batch_acks_in_each_partition_only_what_precedes_its_first_undone_event() -> None:
     from types import SimpleNamespace
 
-    from streams.workers.interests.worker import ackable
+    from streams.workers.interests.delivery import ackable
 
     def event(partition: int, offset: int) -> SimpleNamespace:
         return SimpleNamespace(

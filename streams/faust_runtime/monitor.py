@@ -13,8 +13,8 @@ from typing import Any
 def without_faust_monitor(app: Any) -> None:
     """Keep faust's Monitor off the app's sensors: it books every message and stream event
     in and out (~4% of the worker's time at full speed, py-spy), for faust's web stats, which
-    the worker does not serve (its metrics are its own, ``WorkerMetrics``). faust's direct calls
-    to ``app.monitor`` (end offsets, commits) still reach it."""
+    the worker does not serve (its Prometheus metrics are its own). faust's direct calls to
+    ``app.monitor`` (end offsets, commits) still reach it."""
     init_dependencies = app.on_init_dependencies
 
     def on_init_dependencies() -> Any:
