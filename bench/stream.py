@@ -3,7 +3,7 @@
 1. Pre-load N engagements (and item embeddings, dim 384) into the embedded broker.
 2. Run a bare faust agent that only consumes the same topic (``take_events``, count): its
    events/s is the ceiling for any faust worker here (``bare_eps``, the contract's baseline).
-   Then the same agent on the worker's own consumer (``streams.faust_consumer``, no task per
+   Then the same agent on the worker's own consumer (``streams.faust_runtime.consumer``, no task per
    message): ``bare_quick_eps``, the ceiling for a worker on that consumer.
 3. Run the real interests worker (a process, as deployed) and time first -> last event applied
    (from its Prometheus counter).
@@ -35,11 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import emit, parse_args, percentile_ms, progress, start_recstream
 from streams.broker import EMBEDDED_ENV, EmbeddedBroker, free_port
-from streams.interests_worker import InterestsWorkerConfig
 from streams.publish import Publisher
 from streams.schemas import Engagement, ItemEmbedding
 from streams.settings import KafkaSettings
 from streams.topics import ENGAGEMENTS, ITEM_EMBEDDINGS, USER_INTERESTS, ensure_topics
+from streams.workers.interests.config import InterestsWorkerConfig
 
 DIM = 384
 HISTORY_TS = 1_700_000_000_000  # event time of the first preloaded engagement (ms)
@@ -49,11 +49,11 @@ PUBLISH_TICK_S = 0.005
 def bare_agent(bootstrap: str, n: int, app_id: str, datadir: str, quick: bool = False) -> None:
     """Subprocess mode: a faust agent that only consumes; prints first->last seconds. It runs
     on the event loop the interests worker runs on by default (uvloop), like for like. With
-    ``quick``, on the consumer the worker has (``streams.faust_consumer``): what that alone
+    ``quick``, on the consumer the worker has (``streams.faust_runtime.consumer``): what that alone
     buys a consume-only loop."""
     import faust
 
-    from streams.interests_worker import use_event_loop
+    from streams.faust_runtime.event_loop import use_event_loop
 
     use_event_loop(InterestsWorkerConfig().event_loop)
 
@@ -70,7 +70,7 @@ def bare_agent(bootstrap: str, n: int, app_id: str, datadir: str, quick: bool = 
         stream_wait_empty=False,
     )
     if quick:
-        from streams.faust_consumer import use_quick_consumer
+        from streams.faust_runtime.consumer import use_quick_consumer
 
         use_quick_consumer(app)
     topic = app.topic(

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def main() -> None:
     import faust
 
-    from streams.batching import take_waiting
+    from streams.faust_runtime.batching import take_waiting
     from tests._faust_app import app_for_tests
 
     bootstrap, topic_name, max_, within, out = sys.argv[1:6]

@@ -1,5 +1,5 @@
-"""A faust app on ``streams.faust_consumer``'s consumer whose agent logs every event it takes
-(run as a script by tests/test_faust_consumer.py):
+"""A faust app on ``streams.faust_runtime.consumer``'s consumer whose agent logs every event it
+takes (run as a script by tests/test_faust_consumer.py):
 ``python tests/_quick_consumer_app.py BOOTSTRAP TOPIC GROUP OUT``.
 
 Each taken event is one line ``partition offset`` in OUT. A changelog-backed table (counts per
@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def main() -> None:
     import faust
 
-    from streams.faust_consumer import use_quick_consumer
+    from streams.faust_runtime.consumer import use_quick_consumer
     from tests._faust_app import app_for_tests
 
     bootstrap, topic_name, group, out = sys.argv[1:5]

@@ -18,12 +18,13 @@ import numpy as np
 from streams.broker import EMBEDDED_ENV
 from streams.interests import InterestClusters, InterestConfig
 from streams.interests.state_format import STATE_HEADER
-from streams.interests_worker import APP_ID, STATE_POSITION
 from streams.publish import Publisher
 from streams.replay import read_topic
 from streams.schemas import Engagement, ItemEmbedding, UserInterests, decode_for_topic
 from streams.settings import KafkaSettings
 from streams.topics import ITEM_EMBEDDINGS, USER_INTERESTS
+from streams.workers.interests.app import STATE_POSITION
+from streams.workers.interests.config import APP_ID
 
 
 def topic_vectors(

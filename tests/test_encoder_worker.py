@@ -14,11 +14,11 @@ from encoders.session import EncoderSession
 from encoders.text_model import build_tiny_text_encoder
 from streams.broker import EmbeddedBroker
 from streams.deadletters import parse_dead_letter
-from streams.encoder_worker import EncoderWorker, EncoderWorkerStats
 from streams.publish import Publisher
 from streams.replay import read_topic
 from streams.schemas import Item, ItemDeleted, ItemEmbedding, decode_for_topic
 from streams.topics import DEAD_LETTERS, ITEM_EMBEDDINGS, ITEMS
+from streams.workers.encoder import EncoderWorker, EncoderWorkerStats
 
 
 @pytest.fixture(scope="module")

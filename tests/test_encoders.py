@@ -257,7 +257,7 @@ def test_the_run_time_path_never_imports_torch(tiny: tuple[Path, Path]) -> None:
     script = f"""
 import sys
 from pathlib import Path
-import serving.api, serving.readmodels, streams.encoder_worker, streams.interests_worker
+import serving.api, serving.readmodels, streams.workers.encoder, streams.workers.interests.worker
 from encoders.models import ensure_exported
 from encoders.session import EncoderSession
 ensure_exported(Path({str(model_dir)!r}))  # an intact export is used as it is

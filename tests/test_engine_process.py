@@ -9,7 +9,8 @@ import random
 import numpy as np
 import pytest
 
-from streams.engine_process import (
+from streams.interests import InterestClusters, InterestConfig
+from streams.workers.interests.engine_process import (
     FORGET,
     Batch,
     EngineHost,
@@ -21,7 +22,6 @@ from streams.engine_process import (
     UserJob,
     interests_record,
 )
-from streams.interests import InterestClusters, InterestConfig
 
 T0 = 1_700_000_000_000
 DIM = 16
@@ -197,7 +197,7 @@ def test_the_child_process_ends_when_the_worker_is_gone() -> None:
 def test_a_cut_batch_acks_in_each_partition_only_what_precedes_its_first_undone_event() -> None:
     from types import SimpleNamespace
 
-    from streams.interests_worker import ackable
+    from streams.workers.interests.delivery import ackable
 
     def event(partition: int, offset: int) -> SimpleNamespace:
         return SimpleNamespace(
@@ -214,7 +214,7 @@ def test_a_cut_batch_acks_in_each_partition_only_what_precedes_its_first_undone_
 
 
 def test_the_local_engine_answers_like_the_child_process() -> None:
-    from streams.engine_process import LocalEngine
+    from streams.workers.interests.engine_process import LocalEngine
 
     ids, vectors = item_vectors(20)
     jobs = [
@@ -261,7 +261,7 @@ def test_an_embedding_of_another_dimension_is_refused_alone_with_its_reason() ->
 
 
 def test_the_local_engine_reports_its_errors_like_the_child_process() -> None:
-    from streams.engine_process import LocalEngine
+    from streams.workers.interests.engine_process import LocalEngine
 
     ids, vectors = item_vectors(4)
 

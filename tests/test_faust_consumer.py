@@ -1,4 +1,4 @@
-"""``streams.faust_consumer``: the drain that runs callbacks inline, and the seek that holds
+"""``streams.faust_runtime.consumer``: the drain that runs callbacks inline, and the seek that holds
 the flow, alone and in a real faust app on the embedded broker."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from mode import Service
 
 from streams.broker import EmbeddedBroker
-from streams.faust_consumer import deliver
+from streams.faust_runtime.consumer import deliver
 from streams.publish import Publisher
 
 APP = Path(__file__).resolve().parent / "_quick_consumer_app.py"

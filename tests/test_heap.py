@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from streams.heap import FreezeSurvivors
+from streams.faust_runtime.heap import FreezeSurvivors
 
 
 class Node:

@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from serving.datasets.generated import generate
 from streams.broker import EmbeddedBroker, free_port
+from streams.faust_runtime.event_loop import use_event_loop
 from streams.interests import InterestClusters
-from streams.interests_worker import use_event_loop
 from streams.publish import Publisher
 from streams.replay import read_topic
 from streams.schemas import Engagement, UserDeleted
@@ -369,7 +369,7 @@ def _engagement(n: int, item_id: str, ts: int) -> Engagement:
 def test_the_worker_runs_on_uvloop_and_refuses_unknown_loops() -> None:
     # In a child process: the event loop policy is process-wide.
     code = (
-        "import asyncio; from streams.interests_worker import use_event_loop; "
+        "import asyncio; from streams.faust_runtime.event_loop import use_event_loop; "
         "print(use_event_loop('uvloop'), type(asyncio.new_event_loop()).__module__)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -381,10 +381,10 @@ def test_the_worker_runs_on_uvloop_and_refuses_unknown_loops() -> None:
 def test_the_workers_faust_app_books_no_message_in_fausts_monitor() -> None:
     import faust
 
-    from streams.interests_worker import _without_faust_monitor
+    from streams.faust_runtime.monitor import without_faust_monitor
 
     app = faust.App("monitor-test", broker="kafka://127.0.0.1:1", web_enabled=False)
-    _without_faust_monitor(app)
+    without_faust_monitor(app)
     services = list(app.on_init_dependencies())
     assert services  # faust's own services still start
     assert app.monitor not in list(app.sensors)

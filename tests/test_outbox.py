@@ -8,7 +8,7 @@ import pytest
 from kafka.partitioner import murmur2
 
 from streams.broker import EmbeddedBroker
-from streams.outbox import Outbox
+from streams.faust_runtime.outbox import Outbox
 from streams.replay import read_topic
 from streams.topics import USER_INTERESTS, ensure_topics
 

@@ -11,7 +11,7 @@ import typer
 
 from serving.cli.common import Bootstrap, kafka_settings, setup_logging
 from streams.interests import InterestConfig
-from streams.interests_worker import InterestsWorkerConfig
+from streams.workers.interests.config import InterestsWorkerConfig
 
 if TYPE_CHECKING:
     from encoders.session import EncoderSession
@@ -130,8 +130,8 @@ def worker_interests(
 
     Every worker of one group must run the same engine settings (they share the users' states).
     """
-    from streams.interests_worker import InterestsWorker
     from streams.topics import ensure_topics
+    from streams.workers.interests.worker import InterestsWorker
 
     setup_logging(logging.WARNING)
     settings = kafka_settings(bootstrap_servers)
@@ -183,8 +183,8 @@ def worker_encoder(
     """Items -> ONNX text encoder (batched) -> item-embeddings."""
     import signal
 
-    from streams.encoder_worker import EncoderWorker
     from streams.topics import ensure_topics
+    from streams.workers.encoder import EncoderWorker
 
     setup_logging()
     settings = kafka_settings(bootstrap_servers)

@@ -1,4 +1,4 @@
-"""The garbage collector of a worker whose heap is large and long-lived.
+"""The garbage collector of a faust worker whose heap is large and long-lived.
 
 CPython's full (generation 2) collections walk every tracked container. The interests worker
 holds thousands of user states (lists, sets, deques of item and event ids) plus faust's

@@ -6,12 +6,13 @@ and small numpy calls, one core at most under the GIL. ``EngineHost`` holds the 
 and applies a batch of user jobs; ``EngineProcess`` runs one in a child process, so the engine
 works on one core while the event loop consumes the next events on another.
 
-The worker decides everything that needs its tables and the item store (redeliveries, parking,
-which vectors an event gets) and sends each user's job: the events to learn, in order, and
-the stored state when the child may not hold that user. The child answers with what changed,
-the state's bytes for the table and the ``user-interests`` record. Both sides keep the same
-least-recently-used set of users (the worker mirrors which users the child holds: the same
-operations in the same order), so a state crosses the pipe only when the child lacks it.
+The worker decides everything that needs its tables and the item store (``planning``:
+redeliveries, parking, which vectors an event gets) and sends each user's job: the events to
+learn, in order, and the stored state when the child may not hold that user. The child answers
+with what changed, the state's bytes for the table and the ``user-interests`` record. Both
+sides keep the same least-recently-used set of users (the worker mirrors which users the child
+holds: the same operations in the same order), so a state crosses the pipe only when the child
+lacks it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,2 @@
+"""recstream's workers: ``encoder`` (items -> item-embeddings) and ``interests`` (engagements ->
+user-interests)."""
