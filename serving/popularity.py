@@ -4,6 +4,9 @@ An item's popularity at time ``now`` is ``sum(weight * 2 ** (-(now - ts) / half_
 engagements: a count that halves every ``half_life``. Because every item decays by the same factor,
 the ranking never changes as time passes, only as events arrive, so scores are kept relative to a
 reference time (rebased before they could overflow) and ``top`` is one ``argpartition``.
+
+It answers the serving replicas' cold starts (``serving.readmodels``) and is the offline
+evaluation's popularity baseline (``serving.evaluation.methods.popularity``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ class DecayedPopularity:
     """Exponentially decayed engagement counts per item.
 
     Parameters:
-        half_life_hours: time for an engagement's contribution to halve (24).
+        half_life_hours: time for an engagement's contribution to halve (24; ``math.inf``: no
+            decay, plain counts).
         initial_capacity: item slots allocated up front (1024; doubled as needed).
 
     ``learn_many`` takes events in any order (late events count for what they are worth).
@@ -45,7 +49,9 @@ class DecayedPopularity:
         return item_id in self._slot
 
     def learn_one(self, item_id: str, ts_ms: int, weight: float = 1.0) -> None:
-        self.learn_many([item_id], [ts_ms], [weight])
+        # Scalar arithmetic: the offline replay learns its events one at a time.
+        exponent = (ts_ms - self._advance_reference(ts_ms)) / self.half_life_ms
+        self._scores[self._slot_of(item_id)] += weight * 2.0**exponent
 
     def learn_many(
         self,
@@ -61,13 +67,9 @@ class DecayedPopularity:
         w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
         if ts.shape != (n,) or w.shape != (n,):
             raise ValueError("item_ids, ts_ms and weights must have the same length")
-        newest = int(ts.max())
-        if self._ref_ms is None:
-            self._ref_ms = newest
-        elif (newest - self._ref_ms) / self.half_life_ms > _REBASE_HALF_LIVES:
-            self._rebase(newest)
+        ref_ms = self._advance_reference(int(ts.max()))
         slots = np.fromiter((self._slot_of(i) for i in item_ids), dtype=np.intp, count=n)
-        contrib = w * np.exp2((ts - self._ref_ms) / self.half_life_ms)
+        contrib = w * np.exp2((ts - ref_ms) / self.half_life_ms)
         np.add.at(self._scores, slots, contrib)
 
     def forget(self, item_id: str) -> bool:
@@ -83,6 +85,21 @@ class DecayedPopularity:
         if slot is None or self._ref_ms is None:
             return 0.0
         return float(self._scores[slot] * np.exp2((self._ref_ms - now_ms) / self.half_life_ms))
+
+    def slots_of(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Where each item's count is kept, for ``slot_scores`` (-1: an unknown item).
+
+        A slot stays the item's until the item is forgotten.
+        """
+        return np.fromiter((self._slot.get(i, -1) for i in item_ids), np.intp, len(item_ids))
+
+    def slot_scores(self, slots: np.ndarray, now_ms: int) -> np.ndarray:
+        """``score`` of every slot in ``slots`` at ``now_ms``, as one array: 0 for -1 (unknown),
+        -inf for a forgotten item."""
+        if self._ref_ms is None:
+            return np.zeros(len(slots))
+        factor = float(np.exp2((self._ref_ms - now_ms) / self.half_life_ms))
+        return np.where(slots >= 0, self._scores[slots] * factor, 0.0)
 
     def top(
         self,
@@ -158,6 +175,15 @@ class DecayedPopularity:
             self._slot[item_id] = slot
             self._scores[slot] = 0.0
         return slot
+
+    def _advance_reference(self, newest_ms: int) -> int:
+        """The reference time for an event at ``newest_ms``: fixed at the first event, rebased
+        before an event's weight could overflow."""
+        if self._ref_ms is None:
+            self._ref_ms = newest_ms
+        elif (newest_ms - self._ref_ms) / self.half_life_ms > _REBASE_HALF_LIVES:
+            self._rebase(newest_ms)
+        return self._ref_ms
 
     def _rebase(self, new_ref_ms: int) -> None:
         assert self._ref_ms is not None

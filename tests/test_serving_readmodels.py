@@ -120,6 +120,50 @@ def test_restart_restores_the_snapshot_and_replays_only_the_tail(
         assert rm2.profile("u1") is not None
 
 
+def test_a_restarted_replica_keeps_one_popularity_that_answers_cold_starts_and_learns(
+    fresh_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    settings = fresh_broker.settings()
+    world = make_world(users=10, items=200, events=800)
+    publish_world(settings, world)
+    t0 = 1_700_000_000_000
+
+    def engagements(item_id: str, n: int, ts: int) -> None:
+        with Publisher(settings) as pub:
+            for e in range(n):
+                pub.publish(
+                    Engagement(
+                        event_id=f"{item_id}-{ts}-{e}",
+                        user_id=f"fan{e}",
+                        item_id=item_id,
+                        action="view",
+                        ts=ts,
+                    )
+                )
+
+    def popular(rm: ReadModels, k: int = 3) -> list[str]:
+        assert rm.recommender is not None
+        recs = rm.recommender.recommend(None, k, user_id="newcomer", now_ms=t0)
+        assert recs.cold_start
+        return [r.item_id for r in recs.items]
+
+    engagements("i3", 4, t0)
+    engagements("i4", 2, t0)
+    with read_models(settings, tmp_path / "r") as rm:
+        assert rm.wait_ready(30)
+        wait_until(lambda: popular(rm) == ["i3", "i4"], 5, "the popular items")
+    with read_models(settings, tmp_path / "r") as rm2:
+        assert rm2.wait_ready(30)
+        assert rm2.recommender is not None and rm2.recommender.popularity is rm2.popularity
+        assert popular(rm2) == ["i3", "i4"]  # learned before the restart
+        engagements("i9", 6, t0)
+        wait_until(lambda: popular(rm2) == ["i9", "i3", "i4"], 5, "an engagement after it")
+        with Publisher(settings) as pub:
+            pub.send(ITEM_EMBEDDINGS.name, None, key=b"i3")
+        wait_until(lambda: "i3" not in rm2.catalog, 5, "the delete")
+        assert "i3" not in rm2.popularity and popular(rm2) == ["i9", "i4"]
+
+
 def test_a_replica_killed_after_a_periodic_snapshot_restores_it_and_replays_only_the_tail(
     fresh_broker: EmbeddedBroker, tmp_path: Path
 ) -> None:

@@ -47,6 +47,24 @@ def test_popularity_survives_long_horizons_forgets_and_round_trips() -> None:
     assert "i0" not in back
 
 
+def test_popularity_scores_slots_as_one_array_and_counts_without_decay() -> None:
+    pop = DecayedPopularity(half_life_hours=1.0)
+    pop.learn_many(["a", "b", "a"], [0, HOUR_MS, 2 * HOUR_MS], [1.0, 2.0, 1.0])
+    pop.learn_one("c", 2 * HOUR_MS, 0.5)
+    slots = pop.slots_of(["c", "unknown", "a", "b"])
+    assert slots[1] == -1
+    assert pop.forget("b")
+    now = 3 * HOUR_MS
+    assert pop.slot_scores(slots, now).tolist() == pytest.approx(
+        [pop.score("c", now), 0.0, pop.score("a", now), -np.inf]
+    )
+    plain = DecayedPopularity(half_life_hours=np.inf)
+    plain.learn_many(["a", "a"], [0, 1000 * HOUR_MS])
+    plain.learn_one("a", 10**9 * HOUR_MS, 2.0)
+    back = DecayedPopularity.from_bytes(plain.to_bytes())
+    assert back.score("a", 10**12 * HOUR_MS) == plain.score("a", 0) == 4.0
+
+
 def _unit(v: np.ndarray) -> np.ndarray:
     return (v / np.linalg.norm(v)).astype(np.float32)
 

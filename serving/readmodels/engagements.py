@@ -12,7 +12,8 @@ from streams.topics import is_resent
 
 
 class EngagementCounter:
-    """Counts each engagement once into ``popularity`` (replaced when a snapshot is restored)."""
+    """Counts each engagement once into ``popularity`` (replaced by a restored snapshot before
+    the recommender is built, so both hold the same object)."""
 
     def __init__(self, popularity: DecayedPopularity, metrics: ServingMetrics) -> None:
         self.popularity = popularity

@@ -55,6 +55,20 @@ class Snapshots:
             for k, v in self.db.offsets.load().items()
             if k.startswith(ITEM_EMBEDDINGS.name + ":")
         }
+        # Popularity first: installing the index builds the recommender, which keeps the
+        # popularity object it is given.
+        for path, manifest in iter_snapshots(cfg.data_dir / "popularity"):
+            try:
+                self.engagements.popularity = DecayedPopularity.from_bytes(
+                    (path / _POPULARITY_FILE).read_bytes()
+                )
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("ignoring popularity snapshot %s: %s", path, exc)
+                continue
+            offsets.update({k: int(v) for k, v in manifest["offsets"].items()})
+            break
+        else:
+            offsets = {k: v for k, v in offsets.items() if not k.startswith(ENGAGEMENTS.name + ":")}
         restored = ItemIndex.restore(cfg.data_dir / "index", copies=cfg.index_copies)
         if restored is not None:
             index, index_offsets = restored
@@ -69,18 +83,6 @@ class Snapshots:
             self.items.install(index)
             offsets.update(db_item_offsets)
         self.items.load_catalog()
-        for path, manifest in iter_snapshots(cfg.data_dir / "popularity"):
-            try:
-                self.engagements.popularity = DecayedPopularity.from_bytes(
-                    (path / _POPULARITY_FILE).read_bytes()
-                )
-            except (OSError, ValueError, KeyError) as exc:
-                log.warning("ignoring popularity snapshot %s: %s", path, exc)
-                continue
-            offsets.update({k: int(v) for k, v in manifest["offsets"].items()})
-            break
-        else:
-            offsets = {k: v for k, v in offsets.items() if not k.startswith(ENGAGEMENTS.name + ":")}
         if self.items.catalog:
             log.info("restored %d items; replaying the tail", len(self.items.catalog))
         return offsets

@@ -1,6 +1,7 @@
 """The methods a replay compares (same catalogue, same embeddings, same exclusions).
 
-- ``popularity``: time-decayed count of positive engagements (lambda = ``decay_per_day``);
+- ``popularity``: time-decayed count of positive engagements (lambda = ``decay_per_day``), the
+  serving replicas' cold-start model (``serving.popularity``);
 - ``last_item``: nearest items to the user's last positively engaged item;
 - ``mean_embedding``: nearest items to the time-decayed weighted mean of the user's history;
 - ``pinnersage*``: the interests engine (``streams.interests``); each query takes the top (or
