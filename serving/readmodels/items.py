@@ -1,6 +1,10 @@
 """``item-embeddings`` -> the item store (RocksDB, vectors + metadata), the HNSW index
 (``ItemIndex``) and the in-memory catalog (title, category); a tombstone deletes the item
-everywhere."""
+everywhere.
+
+The records are written to the item store by the shared materializer
+(``streams.item_embeddings``), normalized and with the catalog's metadata; here the index and
+the catalog follow what it wrote, and a record it rejects is dead-lettered."""
 
 from __future__ import annotations
 
@@ -13,8 +17,9 @@ from serving.readmodels.config import ReadModelConfig
 from serving.readmodels.consumer import Reject
 from serving.readmodels.metrics import ServingMetrics
 from serving.recommend import ItemInfo
-from stores import Batch, ItemIndex, ItemStore, normalize_rows
-from streams.schemas import InvalidEvent, ItemEmbedding, decode_for_topic
+from stores import Batch, ItemIndex, ItemStore, OffsetStore
+from streams.item_embeddings import materialize
+from streams.schemas import ItemEmbedding
 
 
 class ItemMaterializer:
@@ -29,6 +34,7 @@ class ItemMaterializer:
     def __init__(
         self,
         items: ItemStore,
+        offsets: OffsetStore,
         config: ReadModelConfig,
         metrics: ServingMetrics,
         reject: Reject,
@@ -38,6 +44,7 @@ class ItemMaterializer:
         on_deleted: Callable[[list[str]], None],
     ) -> None:
         self.items = items
+        self.offsets = offsets
         self.config = config
         self.metrics = metrics
         self.catalog: dict[str, ItemInfo] = {}
@@ -48,48 +55,38 @@ class ItemMaterializer:
         self._on_deleted = on_deleted
 
     def apply(self, tp: Any, records: Iterable[Any], b: Batch) -> None:
-        """Apply one partition's records of a poll; the item store's writes go to ``b``."""
-        latest: dict[str, ItemEmbedding | None] = {}
-        for m in records:
-            if m.value is None:
-                if m.key:
-                    latest[m.key.decode()] = None
-                continue
-            try:
-                rec = decode_for_topic(tp.topic, m.value)
-                rec.array()
-            except InvalidEvent as exc:
-                self._reject(m, tp, exc.reason)
-                continue
-            if self.index is not None and rec.dim != self.index.dim:
-                self._reject(
-                    m, tp, f"vector dim {rec.dim} differs from the index's {self.index.dim}"
-                )
-                continue
-            latest[rec.item_id] = rec
-        puts = [r for r in latest.values() if r is not None]
-        gone = [i for i, r in latest.items() if r is None]
+        """Apply one partition's records of a poll; the item store's writes and the partition's
+        offset go to ``b``."""
+        dim = self.index.dim if self.index is not None else None
+        changes = materialize(
+            tp.topic,
+            tp.partition,
+            records,
+            self.items,
+            self.offsets,
+            b,
+            dim=dim,
+            normalize=True,
+            metadata=_catalog_metadata,
+        )
+        for rejection in changes.rejected:
+            reason = rejection.reason
+            if rejection.embedding is not None:
+                got = rejection.embedding.dim
+                reason = f"vector dim {got} differs from the index's {changes.dim}"
+            self._reject(rejection.record, tp, reason)
+        puts = changes.upserted
         if puts:
-            vectors = normalize_rows(np.stack([r.array() for r in puts]))
-            ids = [r.item_id for r in puts]
             if self.index is None:
-                self.install(self.new_index(vectors.shape[1]))
+                self.install(self.new_index(changes.vectors.shape[1]))
             assert self.index is not None
-            metas = [{"title": r.text, "category": r.category, "tags": r.tags} for r in puts]
-            self.items.put_many(
-                ids,
-                vectors,
-                encoder_version=[r.encoder_version for r in puts],
-                metadata=metas,
-                ts=[r.source_ts for r in puts],
-                batch=b,
-            )
-            self.index.upsert(ids, vectors)
+            self.index.upsert(changes.upserted_ids, changes.vectors)
             # Catalog after the index: an item is returned only once it can be found.
             for r in puts:
                 self.catalog[r.item_id] = ItemInfo(r.text, r.category, tuple(r.tags), r.source_ts)
-            self._on_upserted(vectors)
+            self._on_upserted(changes.vectors)
             self.metrics.records.labels(tp.topic, "upserted").inc(len(puts))
+        gone = changes.deleted
         if gone:
             # Catalog first: a deleted item stops being returned before it leaves the index.
             for item_id in gone:
@@ -97,7 +94,6 @@ class ItemMaterializer:
             if self.index is not None:
                 self.index.delete(gone)
             self._on_deleted(gone)
-            self.items.delete(gone, batch=b)
             self.metrics.records.labels(tp.topic, "deleted").inc(len(gone))
         if self.index is not None:
             self.metrics.index_items.set(len(self.index))
@@ -121,6 +117,11 @@ class ItemMaterializer:
         """The catalog of every item in the item store (on restore)."""
         for item in self.items.iterate():
             self.catalog[item.item_id] = _item_info(item.metadata, item.ts)
+
+
+def _catalog_metadata(rec: ItemEmbedding) -> dict[str, Any]:
+    """What the item store keeps of an item for the catalog (read back by ``_item_info``)."""
+    return {"title": rec.text, "category": rec.category, "tags": rec.tags}
 
 
 def _item_info(metadata: dict[str, Any], ts: int) -> ItemInfo:

@@ -66,6 +66,7 @@ class ReadModels:
         self._topics = TopicConsumer(settings, cfg, self.metrics)
         self._items = ItemMaterializer(
             self.db.items,
+            self.db.offsets,
             cfg,
             self.metrics,
             self._topics.reject,
@@ -205,11 +206,11 @@ class ReadModels:
                 self._items.apply(tp, records, b)
             for tp, records in by_topic.get(USER_INTERESTS.name, []):
                 self._users.apply(tp, records, b)
+            # The item materializer writes its partitions' offsets itself.
             self.db.offsets.commit(
                 {
                     f"{tp.topic}:{tp.partition}": recs[-1].offset + 1
-                    for t in (ITEM_EMBEDDINGS.name, USER_INTERESTS.name)
-                    for tp, recs in by_topic.get(t, [])
+                    for tp, recs in by_topic.get(USER_INTERESTS.name, [])
                 },
                 batch=b,
             )

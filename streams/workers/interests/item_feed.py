@@ -3,8 +3,10 @@ any item.
 
 Every worker reads *all* partitions of ``item-embeddings`` into its own RocksDB item store (with
 an LRU in front); the agent starts only once the feed has caught up with the topic ends seen at
-start. A tombstone (``item_deleted``) takes the item out of the store and into ``deleted``; an
-arrived item is noted in ``arrived``, for the parked events that wait for it.
+start. The records are written by the shared materializer (``streams.item_embeddings``); here
+a rejected record is logged and skipped, a tombstone (``item_deleted``) also puts the item into
+``deleted``, and an arrived item is noted in ``arrived``, for the parked events that wait for
+it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from stores.kv import CachedItemVectors, StateDB
-from streams.schemas import InvalidEvent, ItemEmbedding, decode_for_topic
+from streams.item_embeddings import materialize
 from streams.settings import KafkaSettings
 from streams.topics import ITEM_EMBEDDINGS
 from streams.workers.interests.lag import caught_up
@@ -79,58 +81,36 @@ class ItemFeed:
             await consumer.stop()
 
     def _apply(self, topic: str, partition: int, records: Iterable[Any]) -> None:
-        latest: dict[str, ItemEmbedding | None] = {}  # None = deleted; later records win
-        last = -1
-        for m in records:
-            last = m.offset
-            if not m.key:
-                continue
-            if m.value is None:
-                latest[m.key.decode()] = None
-                continue
-            try:
-                rec = decode_for_topic(topic, m.value)
-                rec.array()  # checks the vector against its dim
-            except InvalidEvent as exc:
+        # One dimension per item store (the first item's): another encoder's vectors need a
+        # new store. Skipped, not fatal: the feed must go on.
+        with self.db.batch() as batch:
+            changes = materialize(
+                topic,
+                partition,
+                records,
+                self.db.items,
+                self.db.offsets,
+                batch,
+                dim=self.db.items.dim,
+            )
+        for rejection in changes.rejected:
+            if rejection.embedding is None:
                 log.warning(
                     "skipping bad item embedding at %s[%d]@%d: %s",
                     topic,
                     partition,
-                    m.offset,
-                    exc.reason,
+                    rejection.record.offset,
+                    rejection.reason,
                 )
-                continue
-            latest[rec.item_id] = rec
-        if last < 0:
-            return
-        puts = [r for r in latest.values() if r is not None]
-        gone = [i for i, r in latest.items() if r is None]
-        # One dimension per item store (the first item's): another encoder's vectors need a
-        # new store. Skipped, not fatal: the feed must go on.
-        # (``dim`` is checked against the vector when the record is decoded.)
-        dim = self.db.items.dim or (puts[0].dim if puts else None)
-        for r in puts:
-            if r.dim != dim:
+            else:
                 log.warning(
                     "skipping item embedding %s: %d-d, the item store holds %s-d vectors",
-                    r.item_id,
-                    r.dim,
-                    dim,
+                    rejection.embedding.item_id,
+                    rejection.embedding.dim,
+                    changes.dim,
                 )
-        puts = [r for r in puts if r.dim == dim]
-        with self.db.batch() as batch:
-            if puts:
-                self.db.items.put_many(
-                    [r.item_id for r in puts],
-                    np.stack([r.array() for r in puts]),
-                    encoder_version=[r.encoder_version for r in puts],
-                    ts=[r.source_ts for r in puts],
-                    batch=batch,
-                )
-            if gone:
-                self.db.items.delete(gone, batch=batch)
-            self.db.offsets.commit({f"{topic}:{partition}": last + 1}, batch=batch)
-        self.vectors.invalidate(latest)
-        self.deleted.difference_update(r.item_id for r in puts)
-        self.deleted.update(gone)
-        self.arrived.extend(r.item_id for r in puts)
+        arrived = changes.upserted_ids
+        self.vectors.invalidate(arrived + changes.deleted)
+        self.deleted.difference_update(arrived)
+        self.deleted.update(changes.deleted)
+        self.arrived.extend(arrived)
