@@ -172,12 +172,16 @@ class ItemEmbedding(_Event):
         )
 
     def array(self) -> np.ndarray:
-        """The vector as float32 (decoded and checked against ``dim``)."""
+        """The vector as float32 (decoded, checked against ``dim``, finite and non-zero)."""
         raw = pybase64.b64decode(self.vector, validate=True)
         vec = np.frombuffer(raw, dtype=np.dtype(self.dtype).newbyteorder("<"))
         if vec.shape[0] != self.dim:
             raise InvalidEvent(f"vector has {vec.shape[0]} values, dim says {self.dim}")
-        return vec.astype(np.float32)
+        out = vec.astype(np.float32)
+        # Readers normalize and cluster these vectors: a zero or non-finite one cannot be used.
+        if not np.isfinite(out).all() or not out.any():
+            raise InvalidEvent("vector must be finite and non-zero")
+        return out
 
     @property
     def key(self) -> bytes:

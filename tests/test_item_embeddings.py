@@ -165,3 +165,13 @@ def test_vectors_are_normalized_and_metadata_stored_when_asked(db: StateDB) -> N
     unnormalized = _apply(db, _records(_embedding("b", [3, 4]), start=1))
     np.testing.assert_array_equal(unnormalized.vectors, [[3, 4]])
     assert db.items.get("b").metadata == {}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("vector", [[0.0, 0.0], [float("nan"), 1.0], [float("inf"), 1.0]])
+def test_a_zero_or_non_finite_vector_is_rejected_and_the_others_apply(
+    db: StateDB, vector: list[float]
+) -> None:
+    changes = _apply(db, _records(_embedding("a", vector), _embedding("b", [0.6, 0.8])))
+    assert [r.reason for r in changes.rejected] == ["vector must be finite and non-zero"]
+    assert changes.upserted_ids == ["b"]
+    assert db.items.dim == 2 and "a" not in db.items
