@@ -123,3 +123,11 @@ def test_the_cached_movielens_100k_has_the_published_sizes() -> None:
     ts = [e.ts for e in ml.ratings]
     assert ts == sorted(ts)
     assert {e.weight for e in ml.ratings} == {1.0, 2.0, 3.0, 4.0, 5.0}
+
+
+def test_the_default_data_root_is_the_repositorys_data_folder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("RECSTREAM_DATA_DIR", raising=False)
+    repo = Path(__file__).resolve().parents[1]
+    assert movielens_dir() == repo / "data" / "movielens-100k"

@@ -48,7 +48,7 @@ class MovieLensUnavailable(RuntimeError):
 
 
 def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[1]
+    return Path(__file__).resolve().parents[2]
 
 
 def movielens_dir(data_dir: Path | None = None) -> Path:
