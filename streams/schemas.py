@@ -185,6 +185,9 @@ class ItemEmbedding(_Event):
 
 
 class InterestSummary(BaseModel):
+    """One interest of a ``user-interests`` record: the validated wire form of what the engine
+    publishes (``InterestClusters.summaries``)."""
+
     model_config = ConfigDict(frozen=True)
 
     medoid: str

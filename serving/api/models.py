@@ -26,6 +26,9 @@ class RecommendedItem(BaseModel):
 
 
 class InterestOut(BaseModel):
+    """An interest in a response: the OpenAPI document's schema of what ``interest_out``
+    builds (with the medoid's title from the catalog)."""
+
     medoid: str
     title: str = ""
     importance: float

@@ -54,7 +54,7 @@ def item_out(
 
 
 def interest_out(interest: InterestView, rm: ReadModels) -> dict[str, Any]:
-    """An ``InterestOut`` as a dict with every field."""
+    """An ``InterestOut`` as a dict with every field (sent without re-validation)."""
     info = rm.catalog.get(interest.medoid)
     return {
         "medoid": interest.medoid,

@@ -172,7 +172,8 @@ PackedProfile = tuple[Any, ...]
 
 
 def _pack(p: UserProfile) -> PackedProfile:
-    """A ``UserProfile`` as nested plain tuples of strings and numbers."""
+    """A ``UserProfile`` as nested plain tuples of strings and numbers: how the cache keeps it,
+    since the collector untracks such tuples (dataclasses and named tuples stay tracked)."""
     interests = tuple((i.medoid, i.importance, i.size, i.members) for i in p.interests)
     return (
         p.user_id,

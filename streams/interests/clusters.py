@@ -29,7 +29,7 @@ import numpy as np
 
 from streams.interests import state_format
 from streams.interests.config import DAY_MS, EngagementLike, InterestConfig
-from streams.interests.interest import Interest, InterestSummary
+from streams.interests.interest import Interest, Summary
 from streams.interests.kernels import (
     c_einsum,
     medoid_of,
@@ -546,7 +546,7 @@ class InterestClusters:
         imp = self._importances(now_ms)
         return self._interests(np.argsort(-imp, kind="stable")[:k].tolist(), imp)
 
-    def summaries(self, k: int, now_ms: int, members: int = 5) -> list[InterestSummary]:
+    def summaries(self, k: int, now_ms: int, members: int = 5) -> list[Summary]:
         """What ``top_medoids`` says of the ``k`` most important interests, without vectors:
         medoid, importance, size and the ``members`` most recent distinct items (the
         worker publishes this for every change, so it skips the copies and per-cluster
@@ -560,10 +560,7 @@ class InterestClusters:
         sizes = np.bincount(cl, minlength=len(self._counts)).tolist()
         recent = self._recent_items(order, members)
         imps, cache = imp.tolist(), self._medoid_cache
-        return [
-            InterestSummary(cache.get(j) or self._medoid_id(j), imps[j], sizes[j], recent[j])
-            for j in order
-        ]
+        return [(cache.get(j) or self._medoid_id(j), imps[j], sizes[j], recent[j]) for j in order]
 
     def sample_medoids(self, k: int, now_ms: int, rng: np.random.Generator) -> list[Interest]:
         """``k`` interests drawn without replacement, proportionally to importance."""

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import numpy as np
 
 
 @dataclass(frozen=True)
 class Interest:
-    """One cluster of a user's actions, as the queries see it."""
+    """One cluster of a user's actions, with its vectors: what offline evaluation searches
+    around (medoid or centroid)."""
 
     medoid: str
     importance: float
@@ -21,10 +21,6 @@ class Interest:
     medoid_vector: np.ndarray = field(repr=False, compare=False)
 
 
-class InterestSummary(NamedTuple):
-    """An interest without its vectors: what the interests worker publishes."""
-
-    medoid: str
-    importance: float
-    size: int
-    members: tuple[str, ...]
+Summary = tuple[str, float, int, tuple[str, ...]]
+"""An interest without vectors, ``(medoid, importance, size, members)``: what a
+``user-interests`` record publishes (``streams.schemas.user_interests_json`` takes these)."""
