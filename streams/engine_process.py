@@ -39,7 +39,8 @@ PUBLISHED_STATES = ("view", "full", "none")
 @dataclass(frozen=True)
 class Publishing:
     """What a ``user-interests`` record holds: the top ``interests`` (each with its
-    ``members`` most recent items) and the state ("view", "full" or "none")."""
+    ``members`` most recent items), every kept action, and the state ("view", "full" or
+    "none")."""
 
     interests: int = 10
     members: int = 5
@@ -56,17 +57,19 @@ def interests_record(
     """The user's ``user-interests`` record (``UserInterests`` JSON); ``blob`` is the state's
     ``to_bytes``."""
     now = state.last_ts
+    interests, actions = state.published(publishing.interests, now, members=publishing.members)
     if publishing.state == "view":
         published: bytes | None = state.to_bytes(view=True)
     else:
         published = blob if publishing.state == "full" else None
     return user_interests_json(
         user_id=user_id,
-        interests=state.summaries(publishing.interests, now, members=publishing.members),
+        interests=interests,
         n_actions=state.n_actions,
         last_event_id=state.last_event_id,
         last_event_ts=now,
         updated_ms=int(time.time() * 1000),
+        actions=actions,
         state=published,
     )
 

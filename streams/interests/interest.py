@@ -1,8 +1,10 @@
-"""What the engine answers about one interest (one cluster of a user's actions)."""
+"""What the engine answers about a user's interests: each interest (one cluster of the user's
+actions), and the kept actions behind them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,3 +26,12 @@ class Interest:
 Summary = tuple[str, float, int, tuple[str, ...]]
 """An interest without vectors, ``(medoid, importance, size, members)``: what a
 ``user-interests`` record publishes (``streams.schemas.user_interests_json`` takes these)."""
+
+
+class KeptActions(NamedTuple):
+    """Every action a state keeps, in arrival order: its item, its time (ms) and ``interest``,
+    the position of its cluster among the summaries published with it (-1: not among them)."""
+
+    items: tuple[str, ...]
+    ts: np.ndarray
+    interest: np.ndarray
