@@ -53,7 +53,7 @@ class Point(BaseModel):
     title: str
     x: float
     y: float
-    interest: int
+    interest: int  # position in the response's interests; -1: not among them
     medoid: bool
     ts: int
 

@@ -610,12 +610,6 @@ class InterestClusters:
         slots = self._live_slots()
         return [self._items[s] or "" for s in slots], self._cl[slots].copy()
 
-    def action_vectors(self) -> np.ndarray:
-        """Embeddings of the kept actions, in arrival order (for plots and tests)."""
-        if self._vec is None:
-            return np.zeros((0, 0), dtype=np.float32)
-        return self._vec[self._live_slots()].copy()
-
     def action_times(self) -> np.ndarray:
         return self._ts[self._live_slots()].copy()
 
