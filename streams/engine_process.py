@@ -39,12 +39,13 @@ PUBLISHED_STATES = ("view", "full", "none")
 @dataclass(frozen=True)
 class Publishing:
     """What a ``user-interests`` record holds: the top ``interests`` (each with its
-    ``members`` most recent items), every kept action, and the state ("view", "full" or
-    "none")."""
+    ``members`` most recent items), every kept action, and the engine's state bytes
+    ("none": readers need only the actions; "view" or "full" for tools that replay the
+    engine)."""
 
     interests: int = 10
     members: int = 5
-    state: str = "view"
+    state: str = "none"
 
     def __post_init__(self) -> None:
         if self.state not in PUBLISHED_STATES:

@@ -75,7 +75,7 @@ def test_a_batch_gives_the_states_and_records_of_the_engine_run_directly() -> No
 def test_the_record_carries_every_kept_action_and_its_published_interest() -> None:
     """What serving reads instead of the engine's bytes: the record's actions are the state's
     kept actions in arrival order, each pointing at its cluster's place in ``interests`` (-1
-    for a cluster beyond the published ones)."""
+    for a cluster beyond the published ones); no state bytes by default."""
     ids, vectors = item_vectors(60, seed=3)
     config = InterestConfig(merge_threshold=0.2, max_actions=40)  # many clusters, evictions
     publishing = Publishing(interests=3)
@@ -86,7 +86,7 @@ def test_the_record_carries_every_kept_action_and_its_published_interest() -> No
     assert result.record is not None
     record = decode_for_topic(USER_INTERESTS.name, result.record)
     state = host.states["u"]
-    assert record.actions is not None
+    assert record.state is None and record.actions is not None
     items, clusters = state.assignments()
     assert state.n_clusters > 3 and len(items) == 40 == record.n_actions
     assert record.actions.items == items
