@@ -155,15 +155,16 @@ def build_users(
                 ts=now - (30 - n) * 60_000,
             )
             state.learn_one(ev, vectors[item])
+        interests, actions = state.published(10, state.last_ts, members=5)
         records.append(
             user_interests_json(
                 user_id=f"u{u}",
-                interests=state.summaries(10, state.last_ts, members=5),
+                interests=interests,
                 n_actions=state.n_actions,
                 last_event_id=state.last_event_id,
                 last_event_ts=state.last_ts,
                 updated_ms=now,
-                state=state.to_bytes(),
+                actions=actions,
             )
         )
     return records

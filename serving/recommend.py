@@ -71,7 +71,8 @@ class ItemInfo:
 
 @dataclass(frozen=True, slots=True)
 class InterestView:
-    """One interest of a user as the read model keeps it (from an ``InterestSummary``)."""
+    """One interest of a user as the recommender reads it (from a record's ``InterestSummary``):
+    slotted, cheap to rebuild from the profile cache's plain tuples on every query."""
 
     medoid: str
     importance: float

@@ -13,8 +13,10 @@ user-interests      ``user_interests`` (tombstone = deleted user)   user id
 dead-letters        ``dead_letter``                                 source topic
 ==================  ==============================================  ===========
 
-Unknown extra fields are ignored (forward compatible); a message with an unknown version is
-rejected (``InvalidEvent``) and routed to ``dead-letters``.
+Unknown extra fields are ignored (forward compatible), and a field added later is optional (an
+older message lacks it and gets its default), so adding one keeps the version; a message with
+an unknown version is rejected (``InvalidEvent``) and routed to ``dead-letters``. The
+``user-interests`` record's fields are documented on ``UserInterests``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,14 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import orjson
 import pybase64
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({1})
@@ -189,6 +198,9 @@ class ItemEmbedding(_Event):
 
 
 class InterestSummary(BaseModel):
+    """One interest of a ``user-interests`` record: the validated wire form of what the engine
+    publishes (``InterestClusters.summaries``)."""
+
     model_config = ConfigDict(frozen=True)
 
     medoid: str
@@ -197,13 +209,52 @@ class InterestSummary(BaseModel):
     members: list[str] = []
 
 
-class UserInterests(_Event):
-    """Value of the compacted ``user-interests`` topic: a user's current interests.
+class UserActions(BaseModel):
+    """The actions a user's interests are made of, one column per field: entry ``n`` of each
+    list is the ``n``-th action the engine keeps, in the order it applied them."""
 
-    ``state`` is the interests engine's serialized state (base64), so read models can answer
-    "which items has this user seen" and show clusters without replaying engagements. The
-    worker publishes a view by default (``InterestClusters.to_bytes(view=True)``: actions and
-    assignments without cluster sums and event ids); ``from_bytes`` reads both.
+    model_config = ConfigDict(strict=True, frozen=True)
+
+    # Plain lists (per-element constraints cost 4x as much, and a replica decodes every
+    # record); ``UserInterests`` checks ``interest`` against its interests as a whole.
+    items: list[str]
+    ts: list[int]  # as the engagements carried them (checked there)
+    interest: list[int]
+
+    @model_validator(mode="after")
+    def _equally_long(self) -> UserActions:
+        if not len(self.items) == len(self.ts) == len(self.interest):
+            raise ValueError(
+                f"items, ts and interest differ in length ({len(self.items)}, "
+                f"{len(self.ts)}, {len(self.interest)})"
+            )
+        return self
+
+
+class UserInterests(_Event):
+    """Value of the compacted ``user-interests`` topic: a user's current interests, and what
+    readers need of the actions behind them (so no reader depends on the engine's state bytes).
+
+    - ``interests``: the most important interests (the worker publishes 10), most important
+      first: medoid (an item id), importance (the decayed sum of the cluster's action weights,
+      at ``last_event_ts``), size (actions in the cluster) and ``members`` (the cluster's most
+      recently engaged distinct items, newest first; the worker publishes 5).
+    - ``n_actions``: actions the engine keeps for the user (by default those of the last 90
+      days, at most 500).
+    - ``last_event_id`` / ``last_event_ts``: the newest engagement applied (id, event time ms).
+    - ``updated_ms``: wall clock (ms) when the worker published the record.
+    - ``actions`` (optional; records of older workers lack it): every kept action, columnar, in
+      the order the engine applied them: ``items`` (item id), ``ts`` (event time, ms) and
+      ``interest`` (the position in ``interests`` of the action's cluster, or -1 when that
+      cluster is not among the published interests). Serving derives the user's seen items
+      (the set of ``items``) and the dashboard's projection from it; without it, the
+      interests' medoids and members are all a reader knows.
+    - ``state`` (optional): the engine's own state bytes (base64), for tools that replay the
+      engine (``--published-state view|full``; ``InterestClusters.from_bytes`` reads both);
+      readers of the record do not need it.
+
+    Adding an optional field keeps the record at version 1: readers ignore fields they do not
+    know, and one that lacks a field gets its default.
     """
 
     type: Literal["user_interests"] = "user_interests"
@@ -213,11 +264,35 @@ class UserInterests(_Event):
     last_event_id: str | None = None
     last_event_ts: TimestampMs
     updated_ms: TimestampMs
+    actions: UserActions | None = None
     state: str | None = None
+
+    @model_validator(mode="after")
+    def _actions_point_at_interests(self) -> UserInterests:
+        interest = self.actions.interest if self.actions is not None else None
+        if interest and not -1 <= min(interest) <= max(interest) < len(self.interests):
+            raise ValueError(
+                f"actions.interest must be -1 or a position in interests (0 to "
+                f"{len(self.interests) - 1}): holds {min(interest)} to {max(interest)}"
+            )
+        return self
 
     @property
     def key(self) -> bytes:
         return self.user_id.encode()
+
+
+Ints = Sequence[int] | np.ndarray
+Actions = tuple[Sequence[str], Ints, Ints]
+"""A user's kept actions as ``user_interests_json`` takes them: (items, ts, interest)."""
+
+
+def _ints(values: Ints) -> np.ndarray | list[int]:
+    """What orjson writes as a list of integers: an array as it is (OPT_SERIALIZE_NUMPY, ~4x
+    faster than ``tolist``) or a list."""
+    if isinstance(values, np.ndarray):
+        return np.ascontiguousarray(values, dtype=np.int64)
+    return list(values)
 
 
 def user_interests_json(
@@ -228,11 +303,13 @@ def user_interests_json(
     last_event_id: str | None,
     last_event_ts: int,
     updated_ms: int,
-    state: bytes | None,
+    actions: Actions | None = None,
+    state: bytes | None = None,
 ) -> bytes:
     """``UserInterests(...).to_json()`` without building the models: the same JSON, ~10x
     cheaper (the interests worker writes one for every update). ``interests`` are
-    (medoid, importance, size, members); ``state`` is raw bytes (base64-encoded here)."""
+    (medoid, importance, size, members); ``actions`` are (items, ts, interest), numpy arrays
+    or sequences; ``state`` is raw bytes (base64-encoded here)."""
     return orjson.dumps(
         {
             "v": SCHEMA_VERSION,
@@ -246,8 +323,16 @@ def user_interests_json(
             "last_event_id": last_event_id,
             "last_event_ts": int(last_event_ts),
             "updated_ms": int(updated_ms),
+            "actions": None
+            if actions is None
+            else {
+                "items": actions[0] if isinstance(actions[0], list | tuple) else list(actions[0]),
+                "ts": _ints(actions[1]),
+                "interest": _ints(actions[2]),
+            },
             "state": None if state is None else pybase64.b64encode(state).decode("ascii"),
-        }
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
     )
 
 

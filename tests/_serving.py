@@ -76,15 +76,16 @@ def publish_items(settings: KafkaSettings, world: World) -> None:
 def interests_record(user_id: str, state: InterestClusters, published: int = 10) -> UserInterests:
     """The record the interests worker publishes for this state (built the same way)."""
     now = state.last_ts
+    interests, actions = state.published(published, now, members=5)
     return UserInterests.model_validate_json(
         user_interests_json(
             user_id=user_id,
-            interests=state.summaries(published, now, members=5),
+            interests=interests,
             n_actions=state.n_actions,
             last_event_id=state.last_event_id,
             last_event_ts=now,
             updated_ms=int(time.time() * 1000),
-            state=state.to_bytes(),
+            actions=actions,
         )
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import string
 from collections.abc import Iterator
@@ -16,9 +17,17 @@ from hypothesis import strategies as st
 
 from serving.api import create_app
 from streams.broker import EmbeddedBroker
+from streams.publish import Publisher
 from streams.replay import read_topic
-from streams.topics import ENGAGEMENTS, ITEMS
-from tests._serving import World, make_world, publish_world, read_models
+from streams.topics import ENGAGEMENTS, ITEMS, USER_INTERESTS
+from tests._serving import (
+    World,
+    interests_record,
+    make_world,
+    publish_world,
+    read_models,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +93,30 @@ def test_interests_similar_items_and_category_filter(api: TestClient, world: Wor
     only = api.get("/items/i3/similar", params={"k": 5, "category": cat}).json()["items"]
     assert only and all(s["category"] == cat for s in only)
     assert _problem(api.get("/items/no-such-item/similar"))["status"] == 404
+
+
+def test_a_record_of_an_older_worker_without_actions_is_still_served(
+    api: TestClient, broker: EmbeddedBroker, world: World
+) -> None:
+    """Such a record tells its interests (and carries engine bytes serving no longer reads):
+    seen items are the medoids and members, the projection has no points."""
+    user = next(iter(world.states))
+    state = world.states[user]
+    older = json.loads(interests_record(user, state).to_json())
+    del older["actions"]
+    older.update(user_id="older-worker-user", state=base64.b64encode(state.to_bytes()).decode())
+    with Publisher(broker.settings()) as pub:
+        pub.send(USER_INTERESTS.name, json.dumps(older).encode(), key=b"older-worker-user")
+    wait_until(
+        lambda: api.get("/users/older-worker-user/interests").status_code == 200, 30, "the record"
+    )
+    body = api.get("/users/older-worker-user/interests", params={"points": True}).json()
+    assert body["points"] == []
+    assert [i["medoid"] for i in body["interests"]] == [i["medoid"] for i in older["interests"]]
+    told = {m for i in older["interests"] for m in (i["medoid"], *i["members"])}
+    recs = api.get("/users/older-worker-user/recommendations", params={"k": 30}).json()
+    assert not recs["cold_start"] and len(recs["items"]) == 30
+    assert not told & {i["item_id"] for i in recs["items"]}
 
 
 @pytest.mark.parametrize(

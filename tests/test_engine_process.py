@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from streams.interests import InterestClusters, InterestConfig
+from streams.schemas import decode_for_topic
+from streams.topics import USER_INTERESTS
 from streams.workers.interests.engine_process import (
     FORGET,
     Batch,
@@ -68,6 +70,38 @@ def test_a_batch_gives_the_states_and_records_of_the_engine_run_directly() -> No
             assert result.record.split(b'"updated_ms"')[0] == record.split(b'"updated_ms"')[0]
             if round_ == 0:
                 assert result.learned[-1] is False and all(result.learned[:-1])
+
+
+def test_the_record_carries_every_kept_action_and_its_published_interest() -> None:
+    """What serving reads instead of the engine's bytes: the record's actions are the state's
+    kept actions in arrival order, each pointing at its cluster's place in ``interests`` (-1
+    for a cluster beyond the published ones); no state bytes by default."""
+    ids, vectors = item_vectors(60, seed=3)
+    config = InterestConfig(merge_threshold=0.2, max_actions=40)  # many clusters, evictions
+    publishing = Publishing(interests=3)
+    ops: list[Learn | None] = [learn(k, (k * 7) % 60, ts=-(k % 5) * 500) for k in range(70)]
+    ops += [learn(70, 0), learn(71, 35)]  # items kept already (actions 60 and 65), again
+    host = EngineHost(config, publishing, cache_users=10)
+    [result] = host.apply(Batch([UserJob("u", None, True, ops, False)], ids, vectors, [], []))
+    assert result.record is not None
+    record = decode_for_topic(USER_INTERESTS.name, result.record)
+    state = host.states["u"]
+    assert record.state is None and record.actions is not None
+    items, clusters = state.assignments()
+    assert state.n_clusters > 3 and len(items) == 40 == record.n_actions
+    assert record.actions.items == items
+    assert record.actions.ts == state.action_times().tolist()
+    assert set(record.actions.items) == state.seen_items
+    # Cluster j is at position rank[j] in importance order; only the top 3 are published.
+    importances = state.importances(state.last_ts)
+    rank = np.argsort(np.argsort(-importances, kind="stable"), kind="stable")
+    assert record.actions.interest == [int(r) if r < 3 else -1 for r in rank[clusters]]
+    assert [i.medoid for i in record.interests] == [
+        i.medoid for i in state.top_medoids(3, state.last_ts)
+    ]
+    for item, interest in zip(record.actions.items, record.actions.interest, strict=True):
+        if item in {i.medoid for i in record.interests}:
+            assert record.interests[interest].medoid == item
 
 
 def test_a_stored_state_is_restored_and_forget_empties_the_user() -> None:

@@ -38,6 +38,10 @@ from tests._streaming import (
     worker_states,
 )
 
+# These tests compare the states the worker publishes with the offline engine's: they ask for
+# the state views in the records (the worker publishes none by default).
+VIEWS = ("--published-state", "view")
+
 
 @pytest.mark.parametrize("engine", ["process", "local"])
 def test_worker_matches_the_offline_engine_and_handles_bad_and_deleted(
@@ -54,7 +58,7 @@ def test_worker_matches_the_offline_engine_and_handles_bad_and_deleted(
     expected = offline_states(data.engagements, vectors)
     expected.pop("u0", None)
     proc = start_interests_worker(
-        fresh_broker.bootstrap_servers, tmp_path / "w", extra=["--engine", engine]
+        fresh_broker.bootstrap_servers, tmp_path / "w", extra=[*VIEWS, "--engine", engine]
     )
     try:
         wait_for(
@@ -88,7 +92,9 @@ def test_two_workers_split_partitions_and_agree_with_one(
     ports = [free_port(), free_port()]
     workers = [
         start_interests_worker(
-            fresh_broker.bootstrap_servers, tmp_path / f"w{i}", extra=["--metrics-port", str(p)]
+            fresh_broker.bootstrap_servers,
+            tmp_path / f"w{i}",
+            extra=[*VIEWS, "--metrics-port", str(p)],
         )
         for i, p in enumerate(ports)
     ]
@@ -166,7 +172,7 @@ def test_sigkill_halfway_then_restart_loses_nothing_and_double_counts_nothing(
     expected = offline_states(data.engagements, vectors)
     port = free_port()
     proc = start_interests_worker(
-        fresh_broker.bootstrap_servers, tmp_path / "w", extra=["--metrics-port", str(port)]
+        fresh_broker.bootstrap_servers, tmp_path / "w", extra=[*VIEWS, "--metrics-port", str(port)]
     )
     try:
         # Kill once part of the log is applied: watched on the metrics endpoint, which answers
@@ -182,7 +188,9 @@ def test_sigkill_halfway_then_restart_loses_nothing_and_double_counts_nothing(
         proc.wait()
         assert worker_states(settings) != expected
         proc = start_interests_worker(
-            fresh_broker.bootstrap_servers, tmp_path / "w", extra=["--metrics-port", str(port)]
+            fresh_broker.bootstrap_servers,
+            tmp_path / "w",
+            extra=[*VIEWS, "--metrics-port", str(port)],
         )
         with MetricSampler(port, "recstream_interest_consumer_lag") as lags:
             wait_for(
@@ -218,14 +226,14 @@ def test_parked_engagements_survive_a_crash_and_apply_once_their_item_embedding_
     publish_item_vectors(settings, early)
     with Publisher(settings) as pub:
         pub.publish_many(data.engagements)
-    proc = start_interests_worker(fresh_broker.bootstrap_servers, tmp_path / "w")
+    proc = start_interests_worker(fresh_broker.bootstrap_servers, tmp_path / "w", extra=VIEWS)
     try:
         only_early = offline_states([e for e in data.engagements if e.item_id in early], vectors)
         wait_for(lambda: worker_states(settings) == only_early, 90, what="early items applied")
         # The parked events live only in the worker's parked table (and its changelog) now.
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        proc = start_interests_worker(fresh_broker.bootstrap_servers, tmp_path / "w")
+        proc = start_interests_worker(fresh_broker.bootstrap_servers, tmp_path / "w", extra=VIEWS)
         publish_item_vectors(settings, late)
 
         # Parked events are applied late, with their own timestamps: every user's clusters hold
@@ -272,7 +280,7 @@ def test_deleted_items_leave_users_at_their_next_event_and_parking_is_bounded(
     proc = start_interests_worker(
         fresh_broker.bootstrap_servers,
         tmp_path / "w",
-        extra=["--metrics-port", str(port), "--max-parked-per-user", "3"],
+        extra=[*VIEWS, "--metrics-port", str(port), "--max-parked-per-user", "3"],
     )
 
     def seen() -> set[str]:
@@ -332,7 +340,7 @@ def test_an_item_embedding_of_another_dimension_is_skipped_and_its_engagement_wa
         )
     port = free_port()
     proc = start_interests_worker(
-        fresh_broker.bootstrap_servers, tmp_path / "w", extra=["--metrics-port", str(port)]
+        fresh_broker.bootstrap_servers, tmp_path / "w", extra=[*VIEWS, "--metrics-port", str(port)]
     )
 
     def seen() -> set[str]:

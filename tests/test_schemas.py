@@ -107,3 +107,73 @@ def test_the_workers_user_interests_json_is_the_models_json_to_the_byte(with_sta
     )
     assert fast == model.to_json()
     assert UserInterests.model_validate_json(fast) == model
+
+
+def test_the_workers_user_interests_json_with_actions_is_the_models_json_to_the_byte() -> None:
+    from streams.schemas import InterestSummary, UserActions, UserInterests, user_interests_json
+
+    interests = [("i7", 2.375, 3, ("i7", "i2")), ("i4", 0.5, 1, ("i4",))]
+    # As the engine gives them: a tuple of ids and integer arrays (here of another width, and
+    # a strided view).
+    items = ("i2", "i7", "i9", "i4", "i7")
+    ts = np.array([5, 1_700_000_000_001, 1_700_000_000_002, 1_700_000_000_003, 0] * 2)[::2]
+    interest = np.array([0, 0, -1, 1, 0], dtype=np.int32)
+    fields: dict[str, Any] = {
+        "user_id": "user-1",
+        "n_actions": 5,
+        "last_event_id": "e5",
+        "last_event_ts": 1_700_000_000_003,
+        "updated_ms": 1_700_000_000_456,
+    }
+
+    fast = user_interests_json(interests=interests, actions=(items, ts, interest), **fields)
+
+    model = UserInterests(
+        interests=[
+            InterestSummary(medoid=m, importance=imp, size=n, members=list(mem))
+            for m, imp, n, mem in interests
+        ],
+        actions=UserActions(items=list(items), ts=ts.tolist(), interest=interest.tolist()),
+        **fields,
+    )
+    assert fast == model.to_json()
+    assert decode_for_topic("user-interests", fast) == model
+    # A record of an older worker (no actions) is still a valid version 1 record.
+    older = json.loads(fast)
+    del older["actions"]
+    assert decode_for_topic("user-interests", json.dumps(older).encode()).actions is None
+
+
+@pytest.mark.parametrize(
+    ("actions", "expected"),
+    [
+        (
+            {"items": ["a", "b"], "ts": [1], "interest": [0, 0]},
+            "items, ts and interest differ in length (2, 1, 2)",
+        ),
+        (
+            {"items": ["a"], "ts": [1], "interest": [1]},
+            "actions.interest must be -1 or a position in interests (0 to 0): holds 1 to 1",
+        ),
+        (
+            {"items": ["a"], "ts": [1], "interest": [-2]},
+            "actions.interest must be -1 or a position in interests (0 to 0): holds -2 to -2",
+        ),
+        ({"items": ["a"], "ts": ["1"], "interest": [0]}, "invalid field 'actions.ts.0'"),
+        ({"items": [7], "ts": [1], "interest": [0]}, "invalid field 'actions.items.0'"),
+        ({"items": ["a"], "ts": [1]}, "missing field 'actions.interest'"),
+    ],
+)
+def test_user_interests_actions_that_do_not_fit_get_a_precise_reason(
+    actions: dict[str, Any], expected: str
+) -> None:
+    record = {
+        "type": "user_interests",
+        "user_id": "u1",
+        "interests": [{"medoid": "a", "importance": 1.0, "size": 1, "members": ["a"]}],
+        "n_actions": 1,
+        "last_event_ts": 1,
+        "updated_ms": 2,
+        "actions": actions,
+    }
+    assert expected in reason_for(json.dumps(record).encode(), "user-interests")

@@ -1,13 +1,17 @@
-"""The pure parts of serving: popularity, the per-medoid ANN cache, the recommender."""
+"""The pure parts of serving: popularity, the per-medoid ANN cache, the recommender, what a
+replica reads of a ``user-interests`` record (seen items, the dashboard's projection)."""
 
 from __future__ import annotations
 
 import gc
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
 
+from serving.api.projection import pca2, projection
 from serving.popularity import HOUR_MS, DecayedPopularity
+from serving.readmodels.users import profile_from_record
 from serving.recommend import (
     InterestView,
     ItemInfo,
@@ -17,6 +21,9 @@ from serving.recommend import (
     UserProfile,
 )
 from stores import ExactIndex
+from streams.interests import InterestClusters, unit
+from streams.schemas import UserInterests, user_interests_json
+from tests._serving import interests_record, make_world
 
 
 def test_popularity_decays_by_half_life_and_ranks_recent_activity_first() -> None:
@@ -186,3 +193,91 @@ def test_cached_neighbour_lists_and_profiles_are_left_out_of_garbage_collections
     assert not gc.is_tracked(cache.get("m", 2))
     assert not gc.is_tracked(packed)
     assert _unpack(packed) == profile
+
+
+class _Replica:
+    """What the projection reads of the read models: item vectors and the catalog."""
+
+    def __init__(self, vectors: dict[str, np.ndarray]) -> None:
+        self.vectors = vectors
+        self.catalog = {i: ItemInfo(title=f"title of {i}") for i in vectors}
+
+    def item_vectors(self, ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        found = [i for i in ids if i in self.vectors]
+        return found, np.array([self.vectors[i] for i in found]).reshape(len(found), -1)
+
+
+def _engine_projection(
+    state: InterestClusters, vectors: dict[str, np.ndarray], published: int, max_points: int
+) -> list[tuple[str, float, float, int, bool, int]]:
+    """The points the dashboard drew from the engine's state before records carried actions:
+    the newest distinct items, their PCA, and their cluster's rank (-1 beyond ``published``)."""
+    now = state.last_ts
+    order = np.argsort(-state.importances(now), kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    ids, clusters = state.assignments()
+    times = state.action_times()
+    latest: dict[str, int] = {}
+    for pos in np.argsort(-times, kind="stable").tolist():
+        latest.setdefault(ids[pos], pos)
+        if len(latest) >= max_points:
+            break
+    xy = pca2(np.stack([unit(vectors[i]) for i in latest]))
+    medoids = {i.medoid for i in state.top_medoids(published, now)}
+    return [
+        (
+            item,
+            round(x, 5),
+            round(y, 5),
+            int(rank[clusters[pos]]) if rank[clusters[pos]] < published else -1,
+            item in medoids,
+            int(times[pos]),
+        )
+        for (item, pos), (x, y) in zip(latest.items(), xy.tolist(), strict=True)
+    ]
+
+
+@pytest.mark.parametrize("published", [10, 2])
+def test_seen_items_and_projection_come_from_the_records_actions_without_engine_bytes(
+    published: int,
+) -> None:
+    world = make_world(users=6, items=200, events=900, seed=4)
+    replica = _Replica(world.vectors)
+    interests_drawn: set[int] = set()
+    for user, state in world.states.items():
+        record = interests_record(user, state, published=published)
+        assert record.state is None and record.actions is not None
+        assert profile_from_record(record).seen == state.seen_items
+        points = projection(record, replica, max_points=12)  # type: ignore[arg-type]
+        got = [(p["item_id"], p["x"], p["y"], p["interest"], p["medoid"], p["ts"]) for p in points]
+        want = _engine_projection(state, world.vectors, published, max_points=12)
+        assert [g[:1] + g[3:] for g in got] == [w[:1] + w[3:] for w in want]
+        assert np.allclose([g[1:3] for g in got], [w[1:3] for w in want], atol=1e-4)
+        assert all(p["title"] == f"title of {p['item_id']}" for p in points)
+        interests_drawn.update(p["interest"] for p in points)
+    assert (-1 in interests_drawn) == (published == 2)  # the small worlds' users have < 10
+    # An item the replica no longer has is left out; the next newest takes its place.
+    newest = points[0]["item_id"]
+    del replica.vectors[newest]
+    fewer = projection(record, replica, max_points=12)  # type: ignore[arg-type]
+    assert len(points) == len(fewer) == 12
+    assert [p["item_id"] for p in fewer][:11] == [p["item_id"] for p in points][1:]
+
+
+def test_a_record_without_actions_an_older_workers_is_still_served() -> None:
+    record = UserInterests.model_validate_json(
+        user_interests_json(
+            user_id="u1",
+            interests=[("m1", 2.0, 3, ("a", "m1")), ("m2", 1.0, 1, ("m2",))],
+            n_actions=4,
+            last_event_id="e4",
+            last_event_ts=1_700_000_000_000,
+            updated_ms=1_700_000_000_100,
+        )
+    )
+    assert record.actions is None
+    profile = profile_from_record(record)
+    assert profile.seen == {"m1", "a", "m2"}  # what it tells: medoids and members
+    assert [i.medoid for i in profile.interests] == ["m1", "m2"]
+    assert projection(record, _Replica({}), max_points=10) == []  # type: ignore[arg-type]

@@ -26,6 +26,9 @@ class RecommendedItem(BaseModel):
 
 
 class InterestOut(BaseModel):
+    """An interest in a response: the OpenAPI document's schema of what ``interest_out``
+    builds (with the medoid's title from the catalog)."""
+
     medoid: str
     title: str = ""
     importance: float
@@ -50,7 +53,7 @@ class Point(BaseModel):
     title: str
     x: float
     y: float
-    interest: int
+    interest: int  # position in the response's interests; -1: not among them
     medoid: bool
     ts: int
 

@@ -1,55 +1,36 @@
-"""The dashboard's picture of a user: every interest cluster and a 2-D PCA of the most recent
-actions, rebuilt from the engine state a ``user-interests`` record carries."""
+"""The dashboard's picture of a user: a 2-D PCA of the items of the most recent actions, drawn
+from the actions a ``user-interests`` record carries and the replica's item vectors."""
 
 from __future__ import annotations
 
-import binascii
 from typing import Any
 
 import numpy as np
-import pybase64
 
-from serving.api.responses import interest_out
 from serving.readmodels import ReadModels
-from serving.recommend import InterestView
+from streams.schemas import UserInterests
 
 
-def projection(
-    state_b64: str | None, rm: ReadModels, max_points: int
-) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]]]:
-    """All clusters and a 2-D PCA of the user's most recent actions (distinct items)."""
-    if not state_b64:
-        return None, []
-    from streams.interests import InterestClusters, InterestConfig, StateFormatError
-
-    try:
-        state = InterestClusters.from_bytes(
-            pybase64.b64decode(state_b64, validate=True),
-            rm.item_vectors,
-            config=InterestConfig(max_actions=1_000_000),
-        )
-    except (StateFormatError, binascii.Error, ValueError):
-        return None, []
-    if state.n_actions == 0:
-        return [], []
-    now = state.last_ts
-    clusters = state.interests(now)
-    # Cluster j (creation order) is at position rank[j] of `interests()` (importance order).
-    order = np.argsort(-state.importances(now), kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    ids, cl = state.assignments()
-    vectors, times = state.action_vectors(), state.action_times()
-    latest: dict[str, int] = {}
-    for pos in np.argsort(-times, kind="stable").tolist():  # newest action of each item
-        latest.setdefault(ids[pos], pos)
-        if len(latest) >= max_points:
-            break
-    rows = np.fromiter(latest.values(), dtype=np.intp, count=len(latest))
-    xy = pca2(vectors[rows])
-    medoids = {c.medoid for c in clusters}
+def projection(record: UserInterests, rm: ReadModels, max_points: int) -> list[dict[str, Any]]:
+    """The newest ``max_points`` distinct items the user engaged with (among those the replica
+    holds vectors for), projected on their first two principal components, each with its
+    action's time and interest (its position in the record's ``interests``, -1 when not
+    published). Empty for a record without actions (an older worker's)."""
+    actions = record.actions
+    if actions is None or not actions.items:
+        return []
+    items, ts = actions.items, np.asarray(actions.ts, dtype=np.int64)
+    latest: dict[str, int] = {}  # item -> its newest action (ts ties: the earlier arrival)
+    for pos in np.argsort(-ts, kind="stable").tolist():
+        latest.setdefault(items[pos], pos)
+    found, vectors = rm.item_vectors(list(latest))
+    row_of = {item_id: row for row, item_id in enumerate(found)}
+    shown = [item_id for item_id in latest if item_id in row_of][:max_points]
+    xy = pca2(unit_rows(vectors[[row_of[i] for i in shown]]))
+    medoids = {i.medoid for i in record.interests}
     points = []
-    for (item_id, pos), (x, y) in zip(latest.items(), xy.tolist(), strict=True):
+    for item_id, (x, y) in zip(shown, xy.tolist(), strict=True):
+        pos = latest[item_id]
         info = rm.catalog.get(item_id)
         points.append(
             {
@@ -57,16 +38,19 @@ def projection(
                 "title": info.title if info else "",
                 "x": round(x, 5),
                 "y": round(y, 5),
-                "interest": int(rank[cl[pos]]),
+                "interest": actions.interest[pos],
                 "medoid": item_id in medoids,
-                "ts": int(times[pos]),
+                "ts": actions.ts[pos],
             }
         )
-    out = [
-        interest_out(InterestView(c.medoid, c.importance, c.size, c.members[:5]), rm)
-        for c in clusters
-    ]
-    return out, points
+    return points
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, as float32 (the engine clusters unit vectors)."""
+    x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64)).astype(np.float32)
+    return x / np.where(norms > 0, norms, np.float32(1.0))[:, None]
 
 
 def pca2(x: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ validated again (validating our own output cost ~10% of a request), encoded by o
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from fastapi.responses import JSONResponse
@@ -53,8 +53,22 @@ def item_out(
     return out
 
 
-def interest_out(interest: InterestView, rm: ReadModels) -> dict[str, Any]:
-    """An ``InterestOut`` as a dict with every field."""
+class AnInterest(Protocol):
+    """What ``interest_out`` reads: a profile's ``InterestView`` or a record's
+    ``InterestSummary``."""
+
+    @property
+    def medoid(self) -> str: ...
+    @property
+    def importance(self) -> float: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def members(self) -> Sequence[str]: ...
+
+
+def interest_out(interest: AnInterest, rm: ReadModels) -> dict[str, Any]:
+    """An ``InterestOut`` as a dict with every field (sent without re-validation)."""
     info = rm.catalog.get(interest.medoid)
     return {
         "medoid": interest.medoid,

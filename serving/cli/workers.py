@@ -119,8 +119,9 @@ def worker_interests(
     published_state: Annotated[
         PublishedState,
         typer.Option(
-            help="State in user-interests records: view (actions and assignments), full "
-            "(with cluster sums and event ids: bit-exact) or none."
+            help="Engine state bytes in user-interests records, for tools that replay the "
+            "engine (readers use the records' actions): none, view (actions and assignments) "
+            "or full (with cluster sums and event ids: bit-exact)."
         ),
     ] = PublishedState[InterestsWorkerConfig.published_state],
     bootstrap_servers: Bootstrap = None,

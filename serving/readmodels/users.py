@@ -3,26 +3,19 @@ profiles and the recently updated users; a tombstone forgets the user."""
 
 from __future__ import annotations
 
-import binascii
-import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-import pybase64
-
 from serving.readmodels.config import ReadModelConfig
 from serving.readmodels.consumer import Reject
 from serving.readmodels.metrics import ServingMetrics
 from serving.recommend import InterestView, UserProfile
 from stores import Batch, UserStore
-from streams.interests import InterestClusters, StateFormatError
 from streams.schemas import InvalidEvent, UserInterests, decode_for_topic
 from streams.topics import USER_INTERESTS
-
-log = logging.getLogger(__name__)
 
 
 class UserMaterializer:
@@ -138,23 +131,17 @@ class UserMaterializer:
 def profile_from_record(record: UserInterests, *, applied_ms: int = 0) -> UserProfile:
     """A ``UserProfile`` from a ``user-interests`` record.
 
-    Seen items are the item ids in the engine state the record carries (``state``; read
-    without rebuilding it, and items not yet materialized locally still count as seen);
-    without a state, the published members are all we know.
+    Seen items are the items of the record's ``actions`` (items not yet materialized locally
+    still count as seen); a record without them (an older worker's) tells only its interests'
+    medoids and members.
     """
     interests = tuple(
         InterestView(i.medoid, float(i.importance), int(i.size), tuple(i.members))
         for i in record.interests
     )
-    seen: frozenset[str] | None = None
-    if record.state:
-        try:
-            seen = InterestClusters.items_in(pybase64.b64decode(record.state, validate=True))
-        except (StateFormatError, binascii.Error, ValueError) as exc:
-            log.warning(
-                "user %s: unreadable interests state (%s); using members", record.user_id, exc
-            )
-    if seen is None:
+    if record.actions is not None:
+        seen = frozenset(record.actions.items)
+    else:
         seen = frozenset(m for i in interests for m in (i.medoid, *i.members))
     return UserProfile(
         user_id=record.user_id,
@@ -172,7 +159,8 @@ PackedProfile = tuple[Any, ...]
 
 
 def _pack(p: UserProfile) -> PackedProfile:
-    """A ``UserProfile`` as nested plain tuples of strings and numbers."""
+    """A ``UserProfile`` as nested plain tuples of strings and numbers: how the cache keeps it,
+    since the collector untracks such tuples (dataclasses and named tuples stay tracked)."""
     interests = tuple((i.medoid, i.importance, i.size, i.members) for i in p.interests)
     return (
         p.user_id,

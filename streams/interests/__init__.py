@@ -7,7 +7,7 @@ of a state (whose constants tests import from there). Other code imports from he
 
 from streams.interests.clusters import InterestClusters
 from streams.interests.config import DAY_MS, DEFAULT_ACTION_WEIGHTS, InterestConfig
-from streams.interests.interest import Interest, InterestSummary
+from streams.interests.interest import Interest, KeptActions, Summary
 from streams.interests.kernels import medoid_of, unit, ward_labels
 from streams.interests.state_format import StateFormatError
 
@@ -17,8 +17,9 @@ __all__ = [
     "Interest",
     "InterestClusters",
     "InterestConfig",
-    "InterestSummary",
+    "KeptActions",
     "StateFormatError",
+    "Summary",
     "medoid_of",
     "unit",
     "ward_labels",

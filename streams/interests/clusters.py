@@ -29,7 +29,7 @@ import numpy as np
 
 from streams.interests import state_format
 from streams.interests.config import DAY_MS, EngagementLike, InterestConfig
-from streams.interests.interest import Interest, InterestSummary
+from streams.interests.interest import Interest, KeptActions, Summary
 from streams.interests.kernels import (
     c_einsum,
     medoid_of,
@@ -546,23 +546,48 @@ class InterestClusters:
         imp = self._importances(now_ms)
         return self._interests(np.argsort(-imp, kind="stable")[:k].tolist(), imp)
 
-    def summaries(self, k: int, now_ms: int, members: int = 5) -> list[InterestSummary]:
+    def summaries(self, k: int, now_ms: int, members: int = 5) -> list[Summary]:
         """What ``top_medoids`` says of the ``k`` most important interests, without vectors:
         medoid, importance, size and the ``members`` most recent distinct items (the
         worker publishes this for every change, so it skips the copies and per-cluster
         member arrays; medoids come from the cache when unchanged)."""
         if k <= 0 or self._n == 0:
             return []
+        order, imps, sizes = self._ranked(now_ms)
+        return self._summaries(order[:k], imps, sizes, members)
+
+    def published(self, k: int, now_ms: int, members: int = 5) -> tuple[list[Summary], KeptActions]:
+        """What a ``user-interests`` record says of this state: ``summaries(k, now_ms,
+        members)`` and every kept action, whose ``interest`` is its cluster's position in
+        those summaries (-1 when the cluster is not among the ``k`` most important)."""
+        if self._n == 0:
+            return [], KeptActions((), np.zeros(0, np.int64), np.zeros(0, np.int64))
+        order, imps, sizes = self._ranked(now_ms)
+        top = order[: max(k, 0)]
+        position = np.full(len(self._counts), -1, dtype=np.int64)
+        position[top] = np.arange(len(top))
+        slots = self._live_slots()
+        actions = KeptActions(
+            tuple(self._live_item_ids()), self._ts[slots], position[self._cl[slots]]
+        )
+        return self._summaries(top, imps, sizes, members), actions
+
+    def _ranked(self, now_ms: int) -> tuple[list[int], list[float], list[int]]:
+        """Every cluster, most important first; and each cluster's importance and size."""
         cl = self._cl[self._live_in_slot_order()]
         imp = self._importances(now_ms, cl)
         # Array methods, not np.argsort's wrapper; tolist's floats are float(imp[j])'s.
-        order = (-imp).argsort(kind="stable")[:k].tolist()
+        order = (-imp).argsort(kind="stable").tolist()
         sizes = np.bincount(cl, minlength=len(self._counts)).tolist()
-        recent = self._recent_items(order, members)
-        imps, cache = imp.tolist(), self._medoid_cache
+        return order, imp.tolist(), sizes
+
+    def _summaries(
+        self, clusters: list[int], imps: list[float], sizes: list[int], members: int
+    ) -> list[Summary]:
+        recent = self._recent_items(clusters, members)
+        cache = self._medoid_cache
         return [
-            InterestSummary(cache.get(j) or self._medoid_id(j), imps[j], sizes[j], recent[j])
-            for j in order
+            (cache.get(j) or self._medoid_id(j), imps[j], sizes[j], recent[j]) for j in clusters
         ]
 
     def sample_medoids(self, k: int, now_ms: int, rng: np.random.Generator) -> list[Interest]:
@@ -584,12 +609,6 @@ class InterestClusters:
         """Item id and cluster index of every kept action, in arrival order."""
         slots = self._live_slots()
         return [self._items[s] or "" for s in slots], self._cl[slots].copy()
-
-    def action_vectors(self) -> np.ndarray:
-        """Embeddings of the kept actions, in arrival order (for plots and tests)."""
-        if self._vec is None:
-            return np.zeros((0, 0), dtype=np.float32)
-        return self._vec[self._live_slots()].copy()
 
     def action_times(self) -> np.ndarray:
         return self._ts[self._live_slots()].copy()

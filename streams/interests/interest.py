@@ -1,4 +1,5 @@
-"""What the engine answers about one interest (one cluster of a user's actions)."""
+"""What the engine answers about a user's interests: each interest (one cluster of the user's
+actions), and the kept actions behind them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Interest:
-    """One cluster of a user's actions, as the queries see it."""
+    """One cluster of a user's actions, with its vectors: what offline evaluation searches
+    around (medoid or centroid)."""
 
     medoid: str
     importance: float
@@ -21,10 +23,15 @@ class Interest:
     medoid_vector: np.ndarray = field(repr=False, compare=False)
 
 
-class InterestSummary(NamedTuple):
-    """An interest without its vectors: what the interests worker publishes."""
+Summary = tuple[str, float, int, tuple[str, ...]]
+"""An interest without vectors, ``(medoid, importance, size, members)``: what a
+``user-interests`` record publishes (``streams.schemas.user_interests_json`` takes these)."""
 
-    medoid: str
-    importance: float
-    size: int
-    members: tuple[str, ...]
+
+class KeptActions(NamedTuple):
+    """Every action a state keeps, in arrival order: its item, its time (ms) and ``interest``,
+    the position of its cluster among the summaries published with it (-1: not among them)."""
+
+    items: tuple[str, ...]
+    ts: np.ndarray
+    interest: np.ndarray

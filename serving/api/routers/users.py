@@ -14,7 +14,7 @@ from serving.api.parameters import Category, K, UserId
 from serving.api.problems import ProblemError
 from serving.api.projection import projection
 from serving.api.responses import FastJSONResponse, interest_out, item_out
-from serving.recommend import InterestView, Recommendations
+from serving.recommend import Recommendations
 
 router = APIRouter()
 
@@ -91,19 +91,13 @@ async def interests(
         "n_actions": record.n_actions,
         "last_event_ts": record.last_event_ts,
         "updated_ms": record.updated_ms,
-        "interests": [
-            interest_out(InterestView(i.medoid, i.importance, i.size, tuple(i.members)), rm)
-            for i in record.interests
-        ],
+        "interests": [interest_out(i, rm) for i in record.interests],
     }
     if profile is not None and profile.applied_ms:
         out["applied_ms"] = profile.applied_ms
         out["freshness_ms"] = max(profile.applied_ms - profile.last_event_ts, 0)
     if points:
-        clusters, pts = projection(record.state, rm, max_points)
-        if clusters is not None:
-            out["interests"] = clusters
-        out["points"] = pts
+        out["points"] = projection(record, rm, max_points)
     return out
 
 

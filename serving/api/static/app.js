@@ -23,7 +23,7 @@ async function api(path) {
   return body;
 }
 
-function color(i) { return PALETTE[i % PALETTE.length]; }
+function color(i) { return i < 0 ? "#bbbbbb" : PALETTE[i % PALETTE.length]; }  // -1: an interest not listed
 function esc(s) { return String(s ?? "").replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c])); }
 function ago(ms) {
   const s = Math.max(0, (Date.now() - ms) / 1000);

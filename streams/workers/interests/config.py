@@ -33,9 +33,9 @@ class InterestsWorkerConfig:
     max_parked_per_user: int = 1_000
     published_interests: int = 10
     published_members: int = 5
-    # State in each user-interests record: "view" (what readers need: actions, assignments;
-    # a tenth of the bytes), "full" (with cluster sums and event ids, bit-exact) or "none".
-    published_state: str = "view"
+    # Engine state bytes in each user-interests record (readers use its actions): "none",
+    # "view" (actions, assignments) or "full" (bit-exact), for tools that replay the engine.
+    published_state: str = "none"
     commit_interval_s: float = 1.0
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can reach it

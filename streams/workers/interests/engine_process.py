@@ -40,11 +40,13 @@ PUBLISHED_STATES = ("view", "full", "none")
 @dataclass(frozen=True)
 class Publishing:
     """What a ``user-interests`` record holds: the top ``interests`` (each with its
-    ``members`` most recent items) and the state ("view", "full" or "none")."""
+    ``members`` most recent items), every kept action, and the engine's state bytes
+    ("none": readers need only the actions; "view" or "full" for tools that replay the
+    engine)."""
 
     interests: int = 10
     members: int = 5
-    state: str = "view"
+    state: str = "none"
 
     def __post_init__(self) -> None:
         if self.state not in PUBLISHED_STATES:
@@ -57,17 +59,19 @@ def interests_record(
     """The user's ``user-interests`` record (``UserInterests`` JSON); ``blob`` is the state's
     ``to_bytes``."""
     now = state.last_ts
+    interests, actions = state.published(publishing.interests, now, members=publishing.members)
     if publishing.state == "view":
         published: bytes | None = state.to_bytes(view=True)
     else:
         published = blob if publishing.state == "full" else None
     return user_interests_json(
         user_id=user_id,
-        interests=state.summaries(publishing.interests, now, members=publishing.members),
+        interests=interests,
         n_actions=state.n_actions,
         last_event_id=state.last_event_id,
         last_event_ts=now,
         updated_ms=int(time.time() * 1000),
+        actions=actions,
         state=published,
     )
 
