@@ -39,8 +39,6 @@ from encoders.providers import CPU
 from encoders.text import load_tokenizer, pad_batch
 from encoders.text_model import TextEncoder, load_text_encoder
 
-Manifest = TextManifest  # the name the CLI uses
-
 FP32_FILE = "text_encoder.onnx"
 INT8_FILE = "text_encoder.int8.onnx"
 TOKENIZER_FILE = "tokenizer.json"
