@@ -7,7 +7,6 @@ Nothing is dropped silently: every consumer in recstream hands a message it cann
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import time
 from typing import Any, Protocol
@@ -83,7 +82,3 @@ class DeadLetters:
         self.count += 1
         log.warning("dead-lettered %s[%s]@%s: %s", source_topic, partition, offset, reason)
         return letter
-
-
-def parse_dead_letter(raw: bytes) -> DeadLetter:
-    return DeadLetter.model_validate(json.loads(raw))

@@ -13,11 +13,10 @@ from encoders.export import export_text_encoder
 from encoders.session import EncoderSession
 from encoders.text_model import build_tiny_text_encoder
 from streams.broker import EmbeddedBroker
-from streams.deadletters import parse_dead_letter
 from streams.encoder_worker import EncoderWorker, EncoderWorkerStats
 from streams.publish import Publisher
 from streams.replay import read_topic
-from streams.schemas import Item, ItemDeleted, ItemEmbedding, decode_for_topic
+from streams.schemas import DeadLetter, Item, ItemDeleted, ItemEmbedding, decode_for_topic
 from streams.topics import DEAD_LETTERS, ITEM_EMBEDDINGS, ITEMS
 
 
@@ -89,7 +88,7 @@ def test_items_become_embeddings_with_dim_and_version(
     np.testing.assert_allclose(own_rec.array(), own / np.linalg.norm(own), atol=1e-6)
 
     letters = [
-        parse_dead_letter(r.value or b"")
+        DeadLetter.model_validate_json(r.value or b"")
         for r in read_topic(settings, DEAD_LETTERS.name, idle_timeout_s=1.0)
     ]
     reasons = sorted(letter.reason for letter in letters)
@@ -165,7 +164,7 @@ def test_an_item_the_encoder_fails_on_is_dead_lettered_alone_and_float16_travels
         assert rec.dtype == "float16" and rec.dim == 32
         np.testing.assert_allclose(rec.array(), vec, atol=2e-3)
     [letter] = [
-        parse_dead_letter(r.value or b"")
+        DeadLetter.model_validate_json(r.value or b"")
         for r in read_topic(settings, DEAD_LETTERS.name, idle_timeout_s=1.0)
     ]
     assert "encoder failed" in letter.reason and "poison" in letter.reason
