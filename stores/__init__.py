@@ -36,9 +36,9 @@ with ``copies=1`` they wait at most ~`write_budget_ms`. See `stores.index`.
 
 State (`stores.kv`)
 -------------------
-``StateDB(path, *, vector_dtype=None, read_only=False, secondary_path=None,
-block_cache_mb=64)``: one RocksDB per role directory; raises `StoreLockedError` (with the
-path) when another process holds it. Use as a context manager. Attributes and methods:
+``StateDB(path, *, vector_dtype=None, read_only=False, block_cache_mb=64)``: one RocksDB per
+role directory; raises `StoreLockedError` (with the path) when another process holds it. Use as
+a context manager. Attributes and methods:
 
 - ``db.items`` (`ItemStore`): ``put(item_id, vector, *, encoder_version, metadata=None, ts,
   batch=None)``, ``put_many(ids, vectors, *, encoder_version, metadata=None, ts,
@@ -53,7 +53,7 @@ path) when another process holds it. Use as a context manager. Attributes and me
   batch=None)``, ``load() -> dict``.
 - ``db.batch()`` -> `Batch`: ``with db.batch() as b:`` pass ``batch=b`` to any of the above
   and everything is written in one atomic RocksDB write at the end (nothing if it raises).
-- ``db.catch_up()`` (secondary), ``db.flush()``, ``db.close()``.
+- ``db.flush()``, ``db.close()``.
 
 ``CachedItemVectors(item_store, capacity=65_536)``: a thread-safe LRU of item vectors in
 front of an `ItemStore` (``vectors(ids)``, ``get(item_id)``, ``put_many``, ``delete``,

@@ -23,8 +23,7 @@ and reads always return float32.
 Every write method takes an optional `batch` (from `StateDB.batch()`), so a
 consumer can write the items of one Kafka poll and the offsets that follow them
 in one atomic RocksDB write. The database is tuned for point reads: bloom
-filters and a shared LRU block cache. Another process can follow a writer
-read-only with ``StateDB(path, secondary_path=...)`` and `StateDB.catch_up()`.
+filters and a shared LRU block cache.
 """
 
 from __future__ import annotations
@@ -123,8 +122,6 @@ class StateDB:
         vector_dtype: "float32" or "float16" for item vectors; None (default) keeps
             what the database was created with (float32 for a new one).
         read_only: open a point-in-time read-only view (takes no lock).
-        secondary_path: open as a RocksDB secondary that follows the process
-            holding `path`; call `catch_up()` to see its newer writes.
         block_cache_mb: LRU block cache shared by all column families (64).
 
     Raises `StoreLockedError` (naming the path) when another process holds it.
@@ -137,16 +134,13 @@ class StateDB:
         *,
         vector_dtype: str | None = None,
         read_only: bool = False,
-        secondary_path: str | Path | None = None,
         block_cache_mb: int = 64,
     ) -> None:
         self.path = Path(path)
-        self.read_only = read_only or secondary_path is not None
+        self.read_only = read_only
         cache = rocksdict.Cache(int(block_cache_mb) << 20)
         column_families = {name: _options(cache) for name in _COLUMN_FAMILIES}
-        if secondary_path is not None:
-            access = rocksdict.AccessType.secondary(str(secondary_path))
-        elif read_only:
+        if read_only:
             access = rocksdict.AccessType.read_only()
         else:
             access = rocksdict.AccessType.read_write()
@@ -174,10 +168,6 @@ class StateDB:
         ``with db.batch() as b: db.items.put_many(..., batch=b); db.offsets.commit(..., batch=b)``
         """
         return Batch(self)
-
-    def catch_up(self) -> None:
-        """(Secondary only) see the primary's writes made since opening or the last catch-up."""
-        self._db.try_catch_up_with_primary()
 
     def flush(self) -> None:
         """Flush memtables of every column family to disk."""
@@ -370,9 +360,6 @@ class ItemStore:
         )
 
     def _rows(self, raw: bytes) -> np.ndarray:
-        if self._dim is None:  # a secondary may learn it after catching up
-            raw_dim = self._db._cf(_META).get(b"dim")
-            self._dim = int(raw_dim) if raw_dim is not None else None
         dim = self._dim or 0
         if not raw:
             return np.empty((0, dim), dtype=np.float32)

@@ -169,18 +169,9 @@ def test_the_same_directory_twice_in_one_process_is_refused(tmp_path: Path) -> N
         StateDB(tmp_path / "s")
 
 
-def test_read_only_and_secondary_views_follow_the_writer(tmp_path: Path) -> None:
+def test_a_read_only_view_needs_an_existing_database(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no state database"):
         StateDB(tmp_path / "missing", read_only=True)
-    with StateDB(tmp_path / "s") as writer:
-        writer.offsets.commit({"t:0": 1})
-        writer.flush()
-        with StateDB(tmp_path / "s", secondary_path=tmp_path / "follower") as follower:
-            assert follower.offsets.load() == {"t:0": 1}
-            writer.offsets.commit({"t:0": 5})
-            writer.flush()
-            follower.catch_up()
-            assert follower.offsets.load() == {"t:0": 5}
 
 
 def test_cached_vectors_serve_repeats_from_memory_and_stay_coherent(db: StateDB) -> None:
