@@ -118,10 +118,9 @@ class StateDB:
     """One RocksDB for a role, exposing `items`, `users` and `offsets` stores.
 
     Parameters:
-        path: the database directory (created when missing, unless read-only).
+        path: the database directory (created when missing).
         vector_dtype: "float32" or "float16" for item vectors; None (default) keeps
             what the database was created with (float32 for a new one).
-        read_only: open a point-in-time read-only view (takes no lock).
         block_cache_mb: LRU block cache shared by all column families (64).
 
     Raises `StoreLockedError` (naming the path) when another process holds it.
@@ -133,23 +132,18 @@ class StateDB:
         path: str | Path,
         *,
         vector_dtype: str | None = None,
-        read_only: bool = False,
         block_cache_mb: int = 64,
     ) -> None:
         self.path = Path(path)
-        self.read_only = read_only
         cache = rocksdict.Cache(int(block_cache_mb) << 20)
         column_families = {name: _options(cache) for name in _COLUMN_FAMILIES}
-        if read_only:
-            access = rocksdict.AccessType.read_only()
-        else:
-            access = rocksdict.AccessType.read_write()
-            self.path.mkdir(parents=True, exist_ok=True)
-        if self.read_only and not (self.path / "CURRENT").exists():
-            raise FileNotFoundError(f"no state database at {self.path} to open read-only")
+        self.path.mkdir(parents=True, exist_ok=True)
         try:
             self._db = rocksdict.Rdict(
-                str(self.path), _options(cache), column_families=column_families, access_type=access
+                str(self.path),
+                _options(cache),
+                column_families=column_families,
+                access_type=rocksdict.AccessType.read_write(),
             )
         except Exception as exc:  # rocksdict raises bare Exception with RocksDB's message
             if "lock" in str(exc).lower():
@@ -175,12 +169,11 @@ class StateDB:
             cf.flush()
 
     def close(self) -> None:
-        """Flush (unless read-only) and release the database and its lock. Idempotent."""
+        """Flush and release the database and its lock. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        if not self.read_only:
-            self.flush()
+        self.flush()
         for cf in self._cfs.values():
             cf.close()
         self._cfs.clear()
@@ -577,6 +570,5 @@ def _resolve_vector_dtype(db: StateDB, requested: str | None) -> str:
             )
         return str(stored.decode())
     chosen = requested or "float32"
-    if not db.read_only:
-        meta[b"vector_dtype"] = chosen.encode()
+    meta[b"vector_dtype"] = chosen.encode()
     return chosen

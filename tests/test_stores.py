@@ -169,11 +169,6 @@ def test_the_same_directory_twice_in_one_process_is_refused(tmp_path: Path) -> N
         StateDB(tmp_path / "s")
 
 
-def test_a_read_only_view_needs_an_existing_database(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no state database"):
-        StateDB(tmp_path / "missing", read_only=True)
-
-
 def test_cached_vectors_serve_repeats_from_memory_and_stay_coherent(db: StateDB) -> None:
     db.items.put_many(["a", "b", "c"], np.eye(3, 4), encoder_version="v", ts=0)
     cache = CachedItemVectors(db.items, capacity=2)
