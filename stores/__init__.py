@@ -36,9 +36,9 @@ with ``copies=1`` they wait at most ~`write_budget_ms`. See `stores.index`.
 
 State (`stores.kv`)
 -------------------
-``StateDB(path, *, vector_dtype=None, block_cache_mb=64)``: one RocksDB per role directory;
-raises `StoreLockedError` (with the path) when another process holds it. Use as a context
-manager. Attributes and methods:
+``StateDB(path, *, block_cache_mb=64)``: one RocksDB per role directory; raises
+`StoreLockedError` (with the path) when another process holds it. Use as a context manager.
+Attributes and methods:
 
 - ``db.items`` (`ItemStore`): ``put(item_id, vector, *, encoder_version, metadata=None, ts,
   batch=None)``, ``put_many(ids, vectors, *, encoder_version, metadata=None, ts,

@@ -7,18 +7,16 @@ family per kind of record:
 column family  key                              value
 =============  ===============================  ==========================================
 items          item id (utf-8)                  JSON {encoder_version, ts, metadata}
-item_vectors   item id (utf-8)                  raw little-endian float32 (or float16) row
+item_vectors   item id (utf-8)                  raw little-endian float32 row
 users          user id (utf-8)                  opaque state bytes (interests engine)
 user_records   user id (utf-8)                  the latest ``user-interests`` record, raw bytes
 offsets        "topic:partition" (utf-8)        next offset to consume, 8-byte big-endian
-meta           b"vector_dtype", b"dim"          ascii
+meta           b"dim"                           ascii
 =============  ===============================  ==========================================
 
 Vectors live apart from their metadata so that `ItemStore.vectors(ids)` is one
 RocksDB multi-get and one ``np.frombuffer`` over the joined rows, with no
-per-item decoding. They are float32 by default; ``vector_dtype="float16"``
-(fixed when the database is created) halves the bytes at ~1e-3 relative error,
-and reads always return float32.
+per-item decoding.
 
 Every write method takes an optional `batch` (from `StateDB.batch()`), so a
 consumer can write the items of one Kafka poll and the offsets that follow them
@@ -49,7 +47,6 @@ _USER_RECORDS = "user_records"
 _OFFSETS = "offsets"
 _META = "meta"
 _COLUMN_FAMILIES = (_ITEMS, _VECTORS, _USERS, _USER_RECORDS, _OFFSETS, _META)
-_VECTOR_DTYPES = ("float32", "float16")
 _OFFSET = struct.Struct(">q")
 
 
@@ -119,8 +116,6 @@ class StateDB:
 
     Parameters:
         path: the database directory (created when missing).
-        vector_dtype: "float32" or "float16" for item vectors; None (default) keeps
-            what the database was created with (float32 for a new one).
         block_cache_mb: LRU block cache shared by all column families (64).
 
     Raises `StoreLockedError` (naming the path) when another process holds it.
@@ -131,7 +126,6 @@ class StateDB:
         self,
         path: str | Path,
         *,
-        vector_dtype: str | None = None,
         block_cache_mb: int = 64,
     ) -> None:
         self.path = Path(path)
@@ -152,7 +146,7 @@ class StateDB:
         self._cfs = {name: self._db.get_column_family(name) for name in _COLUMN_FAMILIES}
         self._handles = {name: self._db.get_column_family_handle(name) for name in _COLUMN_FAMILIES}
         self._closed = False
-        self.items = ItemStore(self, _resolve_vector_dtype(self, vector_dtype))
+        self.items = ItemStore(self)
         self.users = UserStore(self)
         self.offsets = OffsetStore(self)
 
@@ -217,9 +211,8 @@ class StateDB:
 class ItemStore:
     """Item embeddings with their encoder version, metadata and timestamp."""
 
-    def __init__(self, db: StateDB, vector_dtype: str) -> None:
+    def __init__(self, db: StateDB) -> None:
         self._db = db
-        self.vector_dtype = np.dtype(vector_dtype)
         raw_dim = db._cf(_META).get(b"dim")
         self._dim: int | None = int(raw_dim) if raw_dim is not None else None
         self._dim_lock = threading.Lock()
@@ -276,8 +269,8 @@ class ItemStore:
         metas = [None] * n if metadata is None else list(metadata)
         if not (len(versions) == len(stamps) == len(metas) == n):
             raise ValueError("encoder_version, ts and metadata must have one entry per item")
-        rows = np.ascontiguousarray(matrix, dtype=self.vector_dtype)
-        raw, width = rows.tobytes(), rows.shape[1] * self.vector_dtype.itemsize
+        rows = np.ascontiguousarray(matrix, dtype=np.float32)
+        raw, width = rows.tobytes(), rows.shape[1] * rows.itemsize
         puts: list[tuple[str, bytes, bytes]] = []
         for i, item_id in enumerate(ids):
             key = item_id.encode()
@@ -356,7 +349,7 @@ class ItemStore:
         dim = self._dim or 0
         if not raw:
             return np.empty((0, dim), dtype=np.float32)
-        return np.frombuffer(raw, dtype=self.vector_dtype).reshape(-1, dim).astype(np.float32)
+        return np.frombuffer(raw, dtype=np.float32).reshape(-1, dim).copy()
 
     def _check_dim(self, dim: int) -> None:
         if self._dim == dim:
@@ -556,19 +549,3 @@ def _options(cache: rocksdict.Cache) -> rocksdict.Options:
     table.set_cache_index_and_filter_blocks(True)
     opts.set_block_based_table_factory(table)
     return opts
-
-
-def _resolve_vector_dtype(db: StateDB, requested: str | None) -> str:
-    if requested is not None and requested not in _VECTOR_DTYPES:
-        raise ValueError(f"vector_dtype must be one of {_VECTOR_DTYPES}, got {requested!r}")
-    meta = db._cf(_META)
-    stored = meta.get(b"vector_dtype")
-    if stored is not None:
-        if requested is not None and requested != stored.decode():
-            raise ValueError(
-                f"state database {db.path} stores {stored.decode()} vectors; asked for {requested}"
-            )
-        return str(stored.decode())
-    chosen = requested or "float32"
-    meta[b"vector_dtype"] = chosen.encode()
-    return chosen

@@ -76,17 +76,6 @@ def test_item_delete_and_dimension_guard(db: StateDB) -> None:
         db.items.put_many(["c", "d"], np.ones((2, 4)), encoder_version=["v"], ts=0)
 
 
-def test_float16_vectors_halve_the_bytes_and_read_back_as_float32(tmp_path: Path) -> None:
-    vector = np.random.default_rng(1).standard_normal(16).astype(np.float32)
-    with StateDB(tmp_path / "s", vector_dtype="float16") as db:
-        db.items.put("a", vector, encoder_version="v", ts=0)
-        item = db.items.get("a")
-    assert item is not None and item.vector.dtype == np.float32
-    np.testing.assert_allclose(item.vector, vector, rtol=2e-3, atol=1e-3)
-    with pytest.raises(ValueError, match="stores float16 vectors; asked for float32"):
-        StateDB(tmp_path / "s", vector_dtype="float32")
-
-
 def test_users_keep_state_and_the_latest_record(db: StateDB) -> None:
     record_v1 = b'{"type":"user_interests","user_id":"u1","n_actions":1}'
     record_v2 = b'{"type":"user_interests","user_id":"u1","n_actions":2}'
