@@ -47,8 +47,8 @@ Attributes and methods:
   ``iterate_vectors(chunk=4096)``, ``len()``, ``in``, ``dim``.
 - ``db.users`` (`UserStore`): ``put(user_id, state, *, record=None, batch=None)`` (state:
   the interests engine's bytes; record: the latest ``user-interests`` value, raw bytes),
-  ``get(user_id)``, ``get_many(user_ids)``, ``record(user_id)``, ``records(user_ids)``,
-  ``delete(user_id, *, batch=None) -> bool``, ``iterate()``, ``len()``, ``in``.
+  ``get(user_id)``, ``record(user_id)``, ``delete(user_id, *, batch=None) -> bool``,
+  ``iterate()``, ``len()``, ``in``.
 - ``db.offsets`` (`OffsetStore`): ``commit({"topic:partition": next_offset}, *,
   batch=None)``, ``load() -> dict``.
 - ``db.batch()`` -> `Batch`: ``with db.batch() as b:`` pass ``batch=b`` to any of the above

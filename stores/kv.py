@@ -397,18 +397,10 @@ class UserStore:
         value = self._db._cf(_USERS).get(user_id.encode())
         return None if value is None else bytes(value)
 
-    def get_many(self, user_ids: Sequence[str]) -> list[bytes | None]:
-        """States in the order asked (None where unknown); one multi-get."""
-        return _multi_get(self._db._cf(_USERS), [u.encode() for u in user_ids])
-
     def record(self, user_id: str) -> bytes | None:
         """The latest user-interests record stored for the user, or None."""
         value = self._db._cf(_USER_RECORDS).get(user_id.encode())
         return None if value is None else bytes(value)
-
-    def records(self, user_ids: Sequence[str]) -> list[bytes | None]:
-        """Records in the order asked (None where unknown); one multi-get."""
-        return _multi_get(self._db._cf(_USER_RECORDS), [u.encode() for u in user_ids])
 
     def delete(self, user_id: str, *, batch: Batch | None = None) -> bool:
         """Forget a user (state and record); returns whether they existed (before any
