@@ -56,8 +56,8 @@ Attributes and methods:
 - ``db.flush()``, ``db.close()``.
 
 ``CachedItemVectors(item_store, capacity=65_536)``: a thread-safe LRU of item vectors in
-front of an `ItemStore` (``vectors(ids)``, ``get(item_id)``, ``put_many``, ``delete``,
-``invalidate(ids)``, ``clear()``, ``hits``, ``misses``).
+front of an `ItemStore` (``vectors(ids)``, ``invalidate(ids)`` after writing to the store,
+``hits``, ``misses``).
 
 ``stores.synthetic.clustered_unit_vectors(n, dim, ...)`` makes clustered test vectors.
 """

@@ -450,8 +450,7 @@ class OffsetStore:
 class CachedItemVectors:
     """An LRU cache of item vectors in front of an `ItemStore` (for per-event lookups).
 
-    Writes and deletes made through it keep the cache coherent; writes made to the
-    store elsewhere need `invalidate`. Thread-safe.
+    Writes and deletes made to the store need `invalidate`. Thread-safe.
     """
 
     def __init__(self, store: ItemStore, capacity: int = 65_536) -> None:
@@ -487,29 +486,10 @@ class CachedItemVectors:
         matrix = np.stack([cached[i] for i in found]) if found else np.empty((0, dim), np.float32)
         return found, matrix
 
-    def get(self, item_id: str) -> np.ndarray | None:
-        found, matrix = self.vectors([item_id])
-        return matrix[0] if found else None
-
-    def put_many(self, ids: Sequence[str], vectors: np.ndarray, **kwargs: Any) -> None:
-        """`ItemStore.put_many`, then drop the ids from the cache (re-read on next use)."""
-        self.store.put_many(ids, vectors, **kwargs)
-        self.invalidate(ids)
-
-    def delete(self, ids: str | Iterable[str], *, batch: Batch | None = None) -> int:
-        id_list = [ids] if isinstance(ids, str) else list(ids)
-        removed = self.store.delete(id_list, batch=batch)
-        self.invalidate(id_list)
-        return removed
-
     def invalidate(self, ids: Iterable[str]) -> None:
         with self._lock:
             for i in ids:
                 self._cache.pop(i, None)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._cache.clear()
 
 
 def _multi_get(cf: rocksdict.Rdict, keys: list[bytes]) -> list[bytes | None]:

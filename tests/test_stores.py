@@ -167,8 +167,8 @@ def test_cached_vectors_serve_repeats_from_memory_and_stay_coherent(db: StateDB)
     cache.vectors(["a", "b"])
     assert cache.hits == 2
 
-    cache.put_many(["a"], np.full((1, 4), 7.0), encoder_version="v", ts=1)
-    a = cache.get("a")
-    assert a is not None and a.tolist() == [7.0] * 4
-    cache.delete("b")
-    assert cache.get("b") is None
+    db.items.put_many(["a"], np.full((1, 4), 7.0), encoder_version="v", ts=1)
+    db.items.delete("b")
+    cache.invalidate(["a", "b"])  # as the worker's item feed does after each write
+    ids, matrix = cache.vectors(["a", "b"])
+    assert ids == ["a"] and matrix.tolist() == [[7.0] * 4]
