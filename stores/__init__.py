@@ -22,7 +22,7 @@ has the same interface (numpy matmul; exact; the recall baseline and fine for sm
   (no ``Neighbor`` built per hit: for hot paths).
 - ``len(index)``, ``item_id in index``, ``ids()``, ``vector(item_id)``, ``version`` (bumped
   by every write: key caches with it), ``dim``; ItemIndex also ``ef`` (settable),
-  ``num_threads`` (settable), ``capacity``, ``copies``, ``M``, ``ef_construction``, ``nbytes()``.
+  ``num_threads`` (settable), ``capacity``, ``copies``, ``nbytes()``.
 - ``snapshot(directory, offsets, *, keep=2) -> Path``: a new checksummed generation
   ``directory/snap-NNNNNNNNNN`` (temp dir + fsync + rename) holding the index, the
   id -> label map, ef and `offsets` ({"topic:partition": next offset}).
