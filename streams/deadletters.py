@@ -53,10 +53,10 @@ def dead_letter(
 class DeadLetters:
     """Writes rejected messages to the dead-letters topic through any sender."""
 
-    def __init__(self, sender: RawSender, *, rejected_by: str, topic: str = DEAD_LETTERS.name):
+    def __init__(self, sender: RawSender, *, rejected_by: str):
         self._sender = sender
         self.rejected_by = rejected_by
-        self.topic = topic
+        self.topic = DEAD_LETTERS.name
         self.count = 0
 
     def reject(
