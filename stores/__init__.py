@@ -36,7 +36,7 @@ with ``copies=1`` they wait at most ~`write_budget_ms`. See `stores.index`.
 
 State (`stores.kv`)
 -------------------
-``StateDB(path, *, block_cache_mb=64)``: one RocksDB per role directory; raises
+``StateDB(path)``: one RocksDB per role directory (64 MB block cache); raises
 `StoreLockedError` (with the path) when another process holds it. Use as a context manager.
 Attributes and methods:
 

@@ -48,6 +48,7 @@ _OFFSETS = "offsets"
 _META = "meta"
 _COLUMN_FAMILIES = (_ITEMS, _VECTORS, _USERS, _USER_RECORDS, _OFFSETS, _META)
 _OFFSET = struct.Struct(">q")
+_BLOCK_CACHE_MB = 64  # LRU block cache shared by all column families
 
 
 class StoreLockedError(RuntimeError):
@@ -114,22 +115,13 @@ class Batch:
 class StateDB:
     """One RocksDB for a role, exposing `items`, `users` and `offsets` stores.
 
-    Parameters:
-        path: the database directory (created when missing).
-        block_cache_mb: LRU block cache shared by all column families (64).
-
-    Raises `StoreLockedError` (naming the path) when another process holds it.
-    Use as a context manager, or call `close()`.
+    `path` is the database directory (created when missing). Raises `StoreLockedError` (naming
+    the path) when another process holds it. Use as a context manager, or call `close()`.
     """
 
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        block_cache_mb: int = 64,
-    ) -> None:
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        cache = rocksdict.Cache(int(block_cache_mb) << 20)
+        cache = rocksdict.Cache(_BLOCK_CACHE_MB << 20)
         column_families = {name: _options(cache) for name in _COLUMN_FAMILIES}
         self.path.mkdir(parents=True, exist_ok=True)
         try:
