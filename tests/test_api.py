@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import string
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from hypothesis import strategies as st
 from serving.app import create_app
 from streams.broker import EmbeddedBroker
 from streams.replay import read_topic
+from streams.schemas import Engagement, Item, decode_for_topic
 from streams.topics import ENGAGEMENTS, ITEMS
 from tests._serving import World, make_world, publish_world, read_models
 
@@ -125,11 +125,15 @@ def test_post_events_validates_then_publishes_to_kafka(
         "topics": {"engagements": 1, "items": 1},
     }
     engagements = list(read_topic(broker.settings(), ENGAGEMENTS.name, idle_timeout_s=1))
-    assert any(
-        rec.value and json.loads(rec.value).get("event_id") == "api-1" for rec in engagements
-    )
+    assert [
+        decode_for_topic(ENGAGEMENTS.name, rec.value)
+        for rec in engagements
+        if rec.key == b"api-user"
+    ] == [Engagement.model_validate(good[0])]
     items = list(read_topic(broker.settings(), ITEMS.name, idle_timeout_s=1))
-    assert any(rec.key == b"api-item" for rec in items)
+    assert [decode_for_topic(ITEMS.name, rec.value) for rec in items if rec.key == b"api-item"] == [
+        Item.model_validate(good[1])
+    ]
 
     bad = [
         ({"type": "engagement", "user_id": "u"}, "missing field"),

@@ -76,13 +76,14 @@ def test_each_kind_of_bad_message_is_dead_lettered_and_consumer_goes_on(
         for r in consume_all(settings, DEAD_LETTERS.name)
     ]
     assert len(letters) == len(bad)
-    for letter, (raw, reason) in zip(
-        sorted(letters, key=lambda x: x.offset or 0), bad.items(), strict=True
+    for offset, (letter, (raw, reason)) in enumerate(
+        zip(sorted(letters, key=lambda x: x.offset or 0), bad.items(), strict=True)
     ):
         assert reason in letter.reason
         assert letter.original() == raw
         assert letter.source_topic == ENGAGEMENTS.name
-        assert letter.partition is not None and letter.offset is not None
+        # Sent first, with the good events' key: their partition, from its first offset.
+        assert (letter.partition, letter.offset) == (accepted[0].partition, offset)
         assert letter.rejected_by == "test"
 
 
