@@ -14,6 +14,7 @@ from encoders.records import Engagements
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
+_CHUNK = 1024  # queries scored per matrix product in recall_at_k (bounds its memory)
 
 
 def coengagement_pairs(
@@ -53,7 +54,7 @@ def split_time(eng: Engagements, test_fraction: float = 0.2) -> int:
 
 
 def next_item_queries(
-    eng: Engagements, split_ts: int, *, max_queries: int | None = None, seed: int = 0
+    eng: Engagements, split_ts: int, *, max_queries: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(previous item, next item) rows for each engagement at or after ``split_ts``."""
     keep = (
@@ -63,7 +64,7 @@ def next_item_queries(
     )
     queries, targets = eng.items[:-1][keep], eng.items[1:][keep]
     if max_queries is not None and queries.shape[0] > max_queries:
-        pick = np.sort(np.random.default_rng(seed).choice(queries.shape[0], max_queries, False))
+        pick = np.sort(np.random.default_rng(0).choice(queries.shape[0], max_queries, False))
         queries, targets = queries[pick], targets[pick]
     return queries, targets
 
@@ -73,8 +74,6 @@ def recall_at_k(
     queries: np.ndarray,
     targets: np.ndarray,
     k: int = 10,
-    *,
-    chunk: int = 1024,
 ) -> float:
     """Fraction of queries whose target is among the top ``k`` items by cosine (exact search)."""
     if queries.shape[0] == 0:
@@ -82,10 +81,10 @@ def recall_at_k(
     emb = np.asarray(embeddings, dtype=np.float32)
     k = min(k, emb.shape[0] - 1)
     hits = 0
-    for start in range(0, queries.shape[0], chunk):
-        q = queries[start : start + chunk]
+    for start in range(0, queries.shape[0], _CHUNK):
+        q = queries[start : start + _CHUNK]
         scores = emb[q] @ emb.T
         scores[np.arange(q.shape[0]), q] = -np.inf  # the query item itself does not count
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        hits += int((top == targets[start : start + chunk, None]).any(axis=1).sum())
+        hits += int((top == targets[start : start + _CHUNK, None]).any(axis=1).sum())
     return hits / queries.shape[0]

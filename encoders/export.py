@@ -39,8 +39,6 @@ from encoders.providers import CPU
 from encoders.text import load_tokenizer, pad_batch
 from encoders.text_model import TextEncoder, load_text_encoder
 
-Manifest = TextManifest  # the name the CLI uses
-
 FP32_FILE = "text_encoder.onnx"
 INT8_FILE = "text_encoder.int8.onnx"
 TOKENIZER_FILE = "tokenizer.json"
@@ -119,7 +117,7 @@ def _quiet() -> Iterator[None]:
         logging.disable(previous)
 
 
-def export_onnx(model: TextEncoder, path: Path, *, opset: int = OPSET) -> Path:
+def export_onnx(model: TextEncoder, path: Path) -> Path:
     """Trace ``model`` to ONNX with dynamic batch and sequence axes (deterministic bytes)."""
     # Any valid ids will do for tracing; a padded row makes sure the mask path is exercised.
     ids = torch.tensor([[2, 5, 6, 7, 3], [2, 8, 3, 0, 0]], dtype=torch.int64)
@@ -135,7 +133,7 @@ def export_onnx(model: TextEncoder, path: Path, *, opset: int = OPSET) -> Path:
             input_names=["input_ids", "attention_mask"],
             output_names=["embedding"],
             dynamic_axes={"input_ids": axes, "attention_mask": axes, "embedding": {0: "batch"}},
-            opset_version=opset,
+            opset_version=OPSET,
             do_constant_folding=True,
             dynamo=False,
         )
@@ -183,7 +181,6 @@ def export_text_encoder(
     source: Path | None = None,
     max_length: int = MAX_LENGTH,
     quantize: bool = True,
-    name: str | None = None,
 ) -> TextManifest:
     """Export ``source`` (default: the pretrained package's model dir) into ``out_dir``.
 
@@ -195,7 +192,7 @@ def export_text_encoder(
     out_dir = Path(out_dir)
     model = load_text_encoder(source)
     max_length = min(max_length, model.config.max_position_embeddings)
-    name = name or default_name(source)
+    name = default_name(source)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"fp32": FP32_FILE} | ({"int8": INT8_FILE} if quantize else {})
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp_name:

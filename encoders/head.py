@@ -228,12 +228,12 @@ def _no_warnings() -> Iterator[None]:
         yield
 
 
-def export_head(head: ItemHead, path: Path, *, max_tags: int = MAX_TAGS) -> Path:
+def export_head(head: ItemHead, path: Path) -> Path:
     """``head.onnx``: (embedding, category_ids, tag_ids) -> embedding, dynamic batch axis."""
     dummy = (
         F.normalize(torch.ones(2, head.dim), dim=1),
         torch.tensor([1, 0], dtype=torch.int64),
-        torch.tensor([[1, 2] + [0] * (max_tags - 2), [0] * max_tags], dtype=torch.int64),
+        torch.tensor([[1, 2] + [0] * (MAX_TAGS - 2), [0] * MAX_TAGS], dtype=torch.int64),
     )
     batch = {0: "batch"}
     with _no_warnings(), torch.no_grad():
@@ -281,26 +281,21 @@ def train_head(
     out_dir: Path,
     *,
     base_model_dir: Path | None = None,
-    config: HeadConfig | None = None,
-    variant: str = "auto",
     epochs: int | None = None,
 ) -> HeadReport:
     """Train a head on a recorded log and write a composed model dir to ``out_dir``.
 
     ``out_dir`` gets the base encoder's files (hard links when possible) plus ``head.onnx`` and
     ``head.json``, so ``EncoderSession(out_dir)`` runs text encoder then head. ``base_model_dir``
-    defaults to ``default_model_dir()`` (exported on first use); ``epochs`` overrides the config.
+    defaults to ``default_model_dir()`` (exported on first use); ``epochs`` overrides
+    ``HeadConfig``'s.
     """
     start = time.perf_counter()
-    cfg = config or HeadConfig()
-    if epochs is not None:
-        cfg = dataclasses.replace(cfg, epochs=epochs)
+    cfg = HeadConfig() if epochs is None else HeadConfig(epochs=epochs)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.torch_threads)
     try:
-        return _train_head(
-            items_path, engagements_path, out_dir, base_model_dir, cfg, variant, start
-        )
+        return _train_head(items_path, engagements_path, out_dir, base_model_dir, cfg, start)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -311,7 +306,6 @@ def _train_head(
     out_dir: Path,
     base_model_dir: Path | None,
     cfg: HeadConfig,
-    variant: str,
     start: float,
 ) -> HeadReport:
     from encoders.models import default_model_dir, ensure_exported
@@ -327,7 +321,7 @@ def _train_head(
             f"need items and engagements to train on: {len(items)} items, {len(eng)} "
             f"engagements with known items ({eng.unknown_items} with unknown items)"
         )
-    session = EncoderSession(base_dir, variant=variant, use_head=False)
+    session = EncoderSession(base_dir, use_head=False)
     texts = [
         item_text(t, c, g)
         for t, c, g in zip(items.texts, items.categories, items.tags, strict=False)

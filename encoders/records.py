@@ -27,6 +27,8 @@ import pybase64
 
 log = logging.getLogger(__name__)
 
+_BATCH = 256  # item lines embedded per EncoderSession call in encode_jsonl
+
 
 @dataclass
 class ItemTable:
@@ -180,27 +182,24 @@ def encode_jsonl(
     out_path: Path,
     model_dir: Path | None = None,
     *,
-    session: Any = None,
     variant: str = "auto",
-    batch_size: int = 256,
 ) -> EncodeReport:
     """Embed every ``item`` line of ``in_path``; write ``item_embedding`` lines to ``out_path``.
 
     ``out_path`` "-" writes to stdout.
 
     Items carrying a precomputed ``embedding`` keep it (L2-normalized, version "precomputed");
-    the others are embedded from ``item_text(text, category, tags)`` by ``session`` (default: an
-    ``EncoderSession`` on ``model_dir``, itself defaulting to ``ensure_exported()``'s dir).
+    the others are embedded from ``item_text(text, category, tags)`` by an ``EncoderSession`` on
+    ``model_dir`` (default: ``ensure_exported()``'s dir).
     """
     from encoders.session import EncoderSession
 
-    if session is None:
-        if model_dir is None:
-            from encoders.models import default_model_dir, ensure_exported
+    if model_dir is None:
+        from encoders.models import default_model_dir, ensure_exported
 
-            model_dir = default_model_dir()
-            ensure_exported(model_dir)
-        session = EncoderSession(Path(model_dir), variant=variant)
+        model_dir = default_model_dir()
+        ensure_exported(model_dir)
+    session = EncoderSession(Path(model_dir), variant=variant)
     start = time.perf_counter()
     written = encoded = precomputed = skipped = 0
     batch: list[dict[str, Any]] = []
@@ -234,7 +233,7 @@ def encode_jsonl(
                 skipped += 1
                 continue
             batch.append(obj)
-            if len(batch) >= batch_size:
+            if len(batch) >= _BATCH:
                 flush(out)
         if batch:
             flush(out)

@@ -8,13 +8,10 @@ the directory holds a trained head, composes it after the text encoder), then em
     session.version                          # "minilm-l6-v2@3571fc3d" (+ "+head@...")
 
 Batches are sorted by token length and cut into chunks of ``max_batch`` so padding stays small.
-``BatchingEncoder`` gathers single asynchronous requests into such batches.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -194,98 +191,7 @@ class EncoderSession:
         )
 
 
-class BatchingEncoder:
-    """Gathers concurrent ``await encode_one(...)`` calls into batches for an ``EncoderSession``.
-
-    A batch runs as soon as it has ``max_batch`` items or ``max_wait_ms`` after its first item,
-    in a worker thread so the event loop stays free. Use as ``async with BatchingEncoder(s):``.
-    """
-
-    def __init__(
-        self, session: EncoderSession, *, max_batch: int | None = None, max_wait_ms: float = 5.0
-    ) -> None:
-        self.session = session
-        self.max_batch = max_batch or session.max_batch
-        self.max_wait_s = max_wait_ms / 1000.0
-        self._queue: asyncio.Queue[tuple[Any, asyncio.Future[np.ndarray]]] | None = None
-        self._runner: asyncio.Task[None] | None = None
-        self._inflight: list[asyncio.Future[np.ndarray]] = []
-        self.batches = 0  # batches run so far (for metrics and tests)
-
-    async def __aenter__(self) -> BatchingEncoder:
-        self._start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    def _start(self) -> asyncio.Queue[tuple[Any, asyncio.Future[np.ndarray]]]:
-        if self._queue is None or self._runner is None or self._runner.done():
-            self._queue = asyncio.Queue()
-            self._runner = asyncio.get_running_loop().create_task(self._run(self._queue))
-        return self._queue
-
-    async def encode_one(
-        self, text: str, category: str | None = None, tags: Iterable[str] = ()
-    ) -> np.ndarray:
-        """One item's (dim,) embedding, computed within a batch."""
-        return await self.encode_item({"text": text, "category": category, "tags": list(tags)})
-
-    async def encode_item(self, item: Any) -> np.ndarray:
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        await self._start().put((item, future))
-        return await future
-
-    async def _run(self, queue: asyncio.Queue[tuple[Any, asyncio.Future[np.ndarray]]]) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = [await queue.get()]
-            deadline = loop.time() + self.max_wait_s
-            while len(batch) < self.max_batch:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(queue.get(), remaining))
-                except TimeoutError:
-                    break
-            pending = [(item, fut) for item, fut in batch if not fut.cancelled()]
-            if not pending:
-                continue
-            self._inflight = [fut for _, fut in pending]
-            try:
-                vectors = await asyncio.to_thread(
-                    self.session.encode_items, [item for item, _ in pending]
-                )
-            except Exception as exc:  # every waiter hears about it; the loop keeps serving
-                for _, fut in pending:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            self.batches += 1
-            for row, (_, fut) in enumerate(pending):
-                if not fut.done():
-                    fut.set_result(vectors[row])
-
-    async def aclose(self) -> None:
-        """Stop the batching task; callers still waiting get ``CancelledError``."""
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-        for fut in self._inflight:
-            fut.cancel()  # cancel() is a no-op on futures that already have a result
-        self._inflight = []
-        if self._queue is not None:
-            while not self._queue.empty():
-                _, fut = self._queue.get_nowait()
-                fut.cancel()
-        self._runner = None
-        self._queue = None
-
-
 __all__ = [
-    "BatchingEncoder",
     "EncoderSession",
     "Variant",
     "default_model_dir",

@@ -22,7 +22,7 @@ has the same interface (numpy matmul; exact; the recall baseline and fine for sm
   (no ``Neighbor`` built per hit: for hot paths).
 - ``len(index)``, ``item_id in index``, ``ids()``, ``vector(item_id)``, ``version`` (bumped
   by every write: key caches with it), ``dim``; ItemIndex also ``ef`` (settable),
-  ``num_threads`` (settable), ``capacity``, ``copies``, ``M``, ``ef_construction``, ``nbytes()``.
+  ``num_threads`` (settable), ``capacity``, ``copies``, ``nbytes()``.
 - ``snapshot(directory, offsets, *, keep=2) -> Path``: a new checksummed generation
   ``directory/snap-NNNNNNNNNN`` (temp dir + fsync + rename) holding the index, the
   id -> label map, ef and `offsets` ({"topic:partition": next offset}).
@@ -36,9 +36,9 @@ with ``copies=1`` they wait at most ~`write_budget_ms`. See `stores.index`.
 
 State (`stores.kv`)
 -------------------
-``StateDB(path, *, vector_dtype=None, read_only=False, secondary_path=None,
-block_cache_mb=64)``: one RocksDB per role directory; raises `StoreLockedError` (with the
-path) when another process holds it. Use as a context manager. Attributes and methods:
+``StateDB(path)``: one RocksDB per role directory (64 MB block cache); raises
+`StoreLockedError` (with the path) when another process holds it. Use as a context manager.
+Attributes and methods:
 
 - ``db.items`` (`ItemStore`): ``put(item_id, vector, *, encoder_version, metadata=None, ts,
   batch=None)``, ``put_many(ids, vectors, *, encoder_version, metadata=None, ts,
@@ -47,17 +47,17 @@ path) when another process holds it. Use as a context manager. Attributes and me
   ``iterate_vectors(chunk=4096)``, ``len()``, ``in``, ``dim``.
 - ``db.users`` (`UserStore`): ``put(user_id, state, *, record=None, batch=None)`` (state:
   the interests engine's bytes; record: the latest ``user-interests`` value, raw bytes),
-  ``get(user_id)``, ``get_many(user_ids)``, ``record(user_id)``, ``records(user_ids)``,
-  ``delete(user_id, *, batch=None) -> bool``, ``iterate()``, ``len()``, ``in``.
+  ``get(user_id)``, ``record(user_id)``, ``delete(user_id, *, batch=None) -> bool``,
+  ``iterate()``, ``len()``, ``in``.
 - ``db.offsets`` (`OffsetStore`): ``commit({"topic:partition": next_offset}, *,
   batch=None)``, ``load() -> dict``.
 - ``db.batch()`` -> `Batch`: ``with db.batch() as b:`` pass ``batch=b`` to any of the above
   and everything is written in one atomic RocksDB write at the end (nothing if it raises).
-- ``db.catch_up()`` (secondary), ``db.flush()``, ``db.close()``.
+- ``db.flush()``, ``db.close()``.
 
 ``CachedItemVectors(item_store, capacity=65_536)``: a thread-safe LRU of item vectors in
-front of an `ItemStore` (``vectors(ids)``, ``get(item_id)``, ``put_many``, ``delete``,
-``invalidate(ids)``, ``clear()``, ``hits``, ``misses``).
+front of an `ItemStore` (``vectors(ids)``, ``invalidate(ids)`` after writing to the store,
+``hits``, ``misses``).
 """
 
 from stores.index import ExactIndex, ItemIndex, Neighbor, normalize_rows

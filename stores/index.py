@@ -434,14 +434,6 @@ class ItemIndex(_VectorIndex[_Graph]):
         return self._copies.copies
 
     @property
-    def M(self) -> int:
-        return int(self._copies.latest().hnsw.M)
-
-    @property
-    def ef_construction(self) -> int:
-        return int(self._copies.latest().hnsw.ef_construction)
-
-    @property
     def capacity(self) -> int:
         """Allocated slots per copy (live + deleted-but-unreused + free)."""
         with self._copies.reading() as g:

@@ -7,24 +7,21 @@ family per kind of record:
 column family  key                              value
 =============  ===============================  ==========================================
 items          item id (utf-8)                  JSON {encoder_version, ts, metadata}
-item_vectors   item id (utf-8)                  raw little-endian float32 (or float16) row
+item_vectors   item id (utf-8)                  raw little-endian float32 row
 users          user id (utf-8)                  opaque state bytes (interests engine)
 user_records   user id (utf-8)                  the latest ``user-interests`` record, raw bytes
 offsets        "topic:partition" (utf-8)        next offset to consume, 8-byte big-endian
-meta           b"vector_dtype", b"dim"          ascii
+meta           b"dim"                           ascii
 =============  ===============================  ==========================================
 
 Vectors live apart from their metadata so that `ItemStore.vectors(ids)` is one
 RocksDB multi-get and one ``np.frombuffer`` over the joined rows, with no
-per-item decoding. They are float32 by default; ``vector_dtype="float16"``
-(fixed when the database is created) halves the bytes at ~1e-3 relative error,
-and reads always return float32.
+per-item decoding.
 
 Every write method takes an optional `batch` (from `StateDB.batch()`), so a
 consumer can write the items of one Kafka poll and the offsets that follow them
 in one atomic RocksDB write. The database is tuned for point reads: bloom
-filters and a shared LRU block cache. Another process can follow a writer
-read-only with ``StateDB(path, secondary_path=...)`` and `StateDB.catch_up()`.
+filters and a shared LRU block cache.
 """
 
 from __future__ import annotations
@@ -50,8 +47,8 @@ _USER_RECORDS = "user_records"
 _OFFSETS = "offsets"
 _META = "meta"
 _COLUMN_FAMILIES = (_ITEMS, _VECTORS, _USERS, _USER_RECORDS, _OFFSETS, _META)
-_VECTOR_DTYPES = ("float32", "float16")
 _OFFSET = struct.Struct(">q")
+_BLOCK_CACHE_MB = 64  # LRU block cache shared by all column families
 
 
 class StoreLockedError(RuntimeError):
@@ -118,44 +115,21 @@ class Batch:
 class StateDB:
     """One RocksDB for a role, exposing `items`, `users` and `offsets` stores.
 
-    Parameters:
-        path: the database directory (created when missing, unless read-only).
-        vector_dtype: "float32" or "float16" for item vectors; None (default) keeps
-            what the database was created with (float32 for a new one).
-        read_only: open a point-in-time read-only view (takes no lock).
-        secondary_path: open as a RocksDB secondary that follows the process
-            holding `path`; call `catch_up()` to see its newer writes.
-        block_cache_mb: LRU block cache shared by all column families (64).
-
-    Raises `StoreLockedError` (naming the path) when another process holds it.
-    Use as a context manager, or call `close()`.
+    `path` is the database directory (created when missing). Raises `StoreLockedError` (naming
+    the path) when another process holds it. Use as a context manager, or call `close()`.
     """
 
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        vector_dtype: str | None = None,
-        read_only: bool = False,
-        secondary_path: str | Path | None = None,
-        block_cache_mb: int = 64,
-    ) -> None:
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.read_only = read_only or secondary_path is not None
-        cache = rocksdict.Cache(int(block_cache_mb) << 20)
+        cache = rocksdict.Cache(_BLOCK_CACHE_MB << 20)
         column_families = {name: _options(cache) for name in _COLUMN_FAMILIES}
-        if secondary_path is not None:
-            access = rocksdict.AccessType.secondary(str(secondary_path))
-        elif read_only:
-            access = rocksdict.AccessType.read_only()
-        else:
-            access = rocksdict.AccessType.read_write()
-            self.path.mkdir(parents=True, exist_ok=True)
-        if self.read_only and not (self.path / "CURRENT").exists():
-            raise FileNotFoundError(f"no state database at {self.path} to open read-only")
+        self.path.mkdir(parents=True, exist_ok=True)
         try:
             self._db = rocksdict.Rdict(
-                str(self.path), _options(cache), column_families=column_families, access_type=access
+                str(self.path),
+                _options(cache),
+                column_families=column_families,
+                access_type=rocksdict.AccessType.read_write(),
             )
         except Exception as exc:  # rocksdict raises bare Exception with RocksDB's message
             if "lock" in str(exc).lower():
@@ -164,7 +138,7 @@ class StateDB:
         self._cfs = {name: self._db.get_column_family(name) for name in _COLUMN_FAMILIES}
         self._handles = {name: self._db.get_column_family_handle(name) for name in _COLUMN_FAMILIES}
         self._closed = False
-        self.items = ItemStore(self, _resolve_vector_dtype(self, vector_dtype))
+        self.items = ItemStore(self)
         self.users = UserStore(self)
         self.offsets = OffsetStore(self)
 
@@ -175,22 +149,17 @@ class StateDB:
         """
         return Batch(self)
 
-    def catch_up(self) -> None:
-        """(Secondary only) see the primary's writes made since opening or the last catch-up."""
-        self._db.try_catch_up_with_primary()
-
     def flush(self) -> None:
         """Flush memtables of every column family to disk."""
         for cf in self._cfs.values():
             cf.flush()
 
     def close(self) -> None:
-        """Flush (unless read-only) and release the database and its lock. Idempotent."""
+        """Flush and release the database and its lock. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        if not self.read_only:
-            self.flush()
+        self.flush()
         for cf in self._cfs.values():
             cf.close()
         self._cfs.clear()
@@ -234,9 +203,8 @@ class StateDB:
 class ItemStore:
     """Item embeddings with their encoder version, metadata and timestamp."""
 
-    def __init__(self, db: StateDB, vector_dtype: str) -> None:
+    def __init__(self, db: StateDB) -> None:
         self._db = db
-        self.vector_dtype = np.dtype(vector_dtype)
         raw_dim = db._cf(_META).get(b"dim")
         self._dim: int | None = int(raw_dim) if raw_dim is not None else None
         self._dim_lock = threading.Lock()
@@ -293,8 +261,8 @@ class ItemStore:
         metas = [None] * n if metadata is None else list(metadata)
         if not (len(versions) == len(stamps) == len(metas) == n):
             raise ValueError("encoder_version, ts and metadata must have one entry per item")
-        rows = np.ascontiguousarray(matrix, dtype=self.vector_dtype)
-        raw, width = rows.tobytes(), rows.shape[1] * self.vector_dtype.itemsize
+        rows = np.ascontiguousarray(matrix, dtype=np.float32)
+        raw, width = rows.tobytes(), rows.shape[1] * rows.itemsize
         puts: list[tuple[str, bytes, bytes]] = []
         for i, item_id in enumerate(ids):
             key = item_id.encode()
@@ -370,13 +338,10 @@ class ItemStore:
         )
 
     def _rows(self, raw: bytes) -> np.ndarray:
-        if self._dim is None:  # a secondary may learn it after catching up
-            raw_dim = self._db._cf(_META).get(b"dim")
-            self._dim = int(raw_dim) if raw_dim is not None else None
         dim = self._dim or 0
         if not raw:
             return np.empty((0, dim), dtype=np.float32)
-        return np.frombuffer(raw, dtype=self.vector_dtype).reshape(-1, dim).astype(np.float32)
+        return np.frombuffer(raw, dtype=np.float32).reshape(-1, dim).copy()
 
     def _check_dim(self, dim: int) -> None:
         if self._dim == dim:
@@ -424,18 +389,10 @@ class UserStore:
         value = self._db._cf(_USERS).get(user_id.encode())
         return None if value is None else bytes(value)
 
-    def get_many(self, user_ids: Sequence[str]) -> list[bytes | None]:
-        """States in the order asked (None where unknown); one multi-get."""
-        return _multi_get(self._db._cf(_USERS), [u.encode() for u in user_ids])
-
     def record(self, user_id: str) -> bytes | None:
         """The latest user-interests record stored for the user, or None."""
         value = self._db._cf(_USER_RECORDS).get(user_id.encode())
         return None if value is None else bytes(value)
-
-    def records(self, user_ids: Sequence[str]) -> list[bytes | None]:
-        """Records in the order asked (None where unknown); one multi-get."""
-        return _multi_get(self._db._cf(_USER_RECORDS), [u.encode() for u in user_ids])
 
     def delete(self, user_id: str, *, batch: Batch | None = None) -> bool:
         """Forget a user (state and record); returns whether they existed (before any
@@ -485,8 +442,7 @@ class OffsetStore:
 class CachedItemVectors:
     """An LRU cache of item vectors in front of an `ItemStore` (for per-event lookups).
 
-    Writes and deletes made through it keep the cache coherent; writes made to the
-    store elsewhere need `invalidate`. Thread-safe.
+    Writes and deletes made to the store need `invalidate`. Thread-safe.
     """
 
     def __init__(self, store: ItemStore, capacity: int = 65_536) -> None:
@@ -522,29 +478,10 @@ class CachedItemVectors:
         matrix = np.stack([cached[i] for i in found]) if found else np.empty((0, dim), np.float32)
         return found, matrix
 
-    def get(self, item_id: str) -> np.ndarray | None:
-        found, matrix = self.vectors([item_id])
-        return matrix[0] if found else None
-
-    def put_many(self, ids: Sequence[str], vectors: np.ndarray, **kwargs: Any) -> None:
-        """`ItemStore.put_many`, then drop the ids from the cache (re-read on next use)."""
-        self.store.put_many(ids, vectors, **kwargs)
-        self.invalidate(ids)
-
-    def delete(self, ids: str | Iterable[str], *, batch: Batch | None = None) -> int:
-        id_list = [ids] if isinstance(ids, str) else list(ids)
-        removed = self.store.delete(id_list, batch=batch)
-        self.invalidate(id_list)
-        return removed
-
     def invalidate(self, ids: Iterable[str]) -> None:
         with self._lock:
             for i in ids:
                 self._cache.pop(i, None)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._cache.clear()
 
 
 def _multi_get(cf: rocksdict.Rdict, keys: list[bytes]) -> list[bytes | None]:
@@ -576,20 +513,3 @@ def _options(cache: rocksdict.Cache) -> rocksdict.Options:
     table.set_cache_index_and_filter_blocks(True)
     opts.set_block_based_table_factory(table)
     return opts
-
-
-def _resolve_vector_dtype(db: StateDB, requested: str | None) -> str:
-    if requested is not None and requested not in _VECTOR_DTYPES:
-        raise ValueError(f"vector_dtype must be one of {_VECTOR_DTYPES}, got {requested!r}")
-    meta = db._cf(_META)
-    stored = meta.get(b"vector_dtype")
-    if stored is not None:
-        if requested is not None and requested != stored.decode():
-            raise ValueError(
-                f"state database {db.path} stores {stored.decode()} vectors; asked for {requested}"
-            )
-        return str(stored.decode())
-    chosen = requested or "float32"
-    if not db.read_only:
-        meta[b"vector_dtype"] = chosen.encode()
-    return chosen

@@ -46,7 +46,6 @@ class ValidatingConsumer:
         *,
         rejected_by: str,
         group_id: str | None = None,
-        from_beginning: bool = True,
         max_poll_records: int = 2000,
         dead_letters: DeadLetters | None = None,
         **consumer_options: Any,
@@ -58,7 +57,7 @@ class ValidatingConsumer:
             **settings.consumer(),
             group_id=group_id,
             enable_auto_commit=False,
-            auto_offset_reset="earliest" if from_beginning else "latest",
+            auto_offset_reset="earliest",
             max_poll_records=max_poll_records,
         )
         if group_id is not None:
@@ -72,8 +71,7 @@ class ValidatingConsumer:
                 parts = self._consumer.partitions_for_topic(t) or set()
                 tps += [TopicPartition(t, p) for p in sorted(parts)]
             self._consumer.assign(tps)
-            if from_beginning:
-                self._consumer.seek_to_beginning(*tps)
+            self._consumer.seek_to_beginning(*tps)
         else:
             self._consumer.subscribe(self.topics)
         self._own_producer = None

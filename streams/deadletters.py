@@ -7,7 +7,6 @@ Nothing is dropped silently: every consumer in recstream hands a message it cann
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import time
 from typing import Any, Protocol
@@ -54,10 +53,10 @@ def dead_letter(
 class DeadLetters:
     """Writes rejected messages to the dead-letters topic through any sender."""
 
-    def __init__(self, sender: RawSender, *, rejected_by: str, topic: str = DEAD_LETTERS.name):
+    def __init__(self, sender: RawSender, *, rejected_by: str):
         self._sender = sender
         self.rejected_by = rejected_by
-        self.topic = topic
+        self.topic = DEAD_LETTERS.name
         self.count = 0
 
     def reject(
@@ -83,7 +82,3 @@ class DeadLetters:
         self.count += 1
         log.warning("dead-lettered %s[%s]@%s: %s", source_topic, partition, offset, reason)
         return letter
-
-
-def parse_dead_letter(raw: bytes) -> DeadLetter:
-    return DeadLetter.model_validate(json.loads(raw))

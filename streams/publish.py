@@ -36,8 +36,6 @@ class Publisher:
         *,
         linger_ms: int = 10,
         batch_size: int = 256 * 1024,
-        acks: int | str = "all",
-        compression_type: str | None = None,
         **producer_options: Any,
     ) -> None:
         from kafka import KafkaProducer
@@ -46,8 +44,7 @@ class Publisher:
             **settings.kafka_python(),
             linger_ms=linger_ms,
             batch_size=batch_size,
-            acks=acks,
-            compression_type=compression_type,
+            acks="all",
             retries=5,
             max_in_flight_requests_per_connection=1,  # keeps per-key order across retries
             **producer_options,
@@ -76,9 +73,9 @@ class Publisher:
         fut.add_errback(self._on_error)
         self.sent += 1
 
-    def publish(self, event: Any, *, topic: str | None = None) -> None:
+    def publish(self, event: Any) -> None:
         """Send one validated event to its topic, keyed by its user or item id."""
-        self.send(topic or topic_for(event), event.to_json(), key=event.key)
+        self.send(topic_for(event), event.to_json(), key=event.key)
 
     def publish_many(self, events: Iterable[Any]) -> int:
         n = 0

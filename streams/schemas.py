@@ -356,13 +356,6 @@ class DeadLetter(BaseModel):
         return pybase64.b64decode(self.value_b64)
 
 
-EngagementsEvent = Annotated[Engagement | UserDeleted, Field(discriminator="type")]
-ItemsEvent = Annotated[Item | ItemDeleted, Field(discriminator="type")]
-AnyEvent = Annotated[
-    Engagement | UserDeleted | Item | ItemDeleted | ItemEmbedding | UserInterests,
-    Field(discriminator="type"),
-]
-
 TYPES_BY_TOPIC: dict[str, tuple[str, ...]] = {
     "engagements": ("engagement", "user_deleted"),
     "items": ("item", "item_deleted"),

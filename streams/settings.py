@@ -70,9 +70,7 @@ class KafkaSettings:
             )
 
     @classmethod
-    def from_env(
-        cls, bootstrap_servers: str | None = None, *, client_id: str = "recstream"
-    ) -> KafkaSettings:
+    def from_env(cls, bootstrap_servers: str | None = None) -> KafkaSettings:
         env = os.environ
         return cls(
             bootstrap_servers=bootstrap_servers
@@ -83,7 +81,6 @@ class KafkaSettings:
             sasl_username=env.get("RECSTREAM_KAFKA_SASL_USERNAME") or None,
             sasl_password=env.get("RECSTREAM_KAFKA_SASL_PASSWORD") or None,
             ssl_cafile=env.get("RECSTREAM_KAFKA_SSL_CAFILE") or None,
-            client_id=client_id,
             session_timeout_ms=int(env.get("RECSTREAM_KAFKA_SESSION_TIMEOUT_MS", "10000")),
             rebalance_timeout_ms=int(env.get("RECSTREAM_KAFKA_REBALANCE_TIMEOUT_MS", "30000")),
             one_record_batches=env.get("RECSTREAM_KAFKA_ONE_RECORD_BATCHES", "0") == "1",

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @contextmanager
-def stop_on_signals(signals: Sequence[signal.Signals] = STOP_SIGNALS) -> Iterator[threading.Event]:
-    """An event set by any of ``signals`` while the block runs; the old handlers come back after.
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by a stop signal while the block runs; the old handlers come back after.
 
     Call it from the main thread (only that thread may install signal handlers).
     """
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in signals}
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in STOP_SIGNALS}
     try:
         yield stop
     finally:

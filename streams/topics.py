@@ -50,6 +50,8 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
 )
 BY_NAME = {t.name: t for t in ALL_TOPICS}
 
+_TIMEOUT_S = 30.0  # for ensure_topics: to connect, and for new topics to show in metadata
+
 RESENT_HEADER = ("recstream-resent", b"parked")
 """Header of an engagement the interests worker re-sent to ``engagements`` once its parked item
 got an embedding: the same event a second time on the topic, which counters must not count."""
@@ -59,24 +61,21 @@ def is_resent(headers: Iterable[tuple[str, bytes]] | None) -> bool:
     return RESENT_HEADER in (headers or ())
 
 
-def ensure_topics(
-    settings: KafkaSettings,
-    specs: Iterable[TopicSpec] = ALL_TOPICS,
-    *,
-    replication_factor: int = 1,
-    timeout_s: float = 30.0,
-) -> list[str]:
-    """Create the topics that do not exist yet; return the names created. Idempotent."""
+def ensure_topics(settings: KafkaSettings) -> list[str]:
+    """Create the topics that do not exist yet; return the names created. Idempotent.
+
+    Replication factor 1: a cluster with several brokers gets its topics made beforehand
+    (docs/embedded-broker.md).
+    """
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    specs = list(specs)
-    deadline = time.monotonic() + timeout_s
-    admin = KafkaAdminClient(**settings.kafka_python(), request_timeout_ms=int(timeout_s * 1000))
+    deadline = time.monotonic() + _TIMEOUT_S
+    admin = KafkaAdminClient(**settings.kafka_python(), request_timeout_ms=int(_TIMEOUT_S * 1000))
     try:
         existing = set(admin.list_topics())
-        missing = [s for s in specs if s.name not in existing]
+        missing = [s for s in ALL_TOPICS if s.name not in existing]
         created: list[str] = []
         for spec in missing:
             try:
@@ -85,7 +84,7 @@ def ensure_topics(
                         NewTopic(
                             spec.name,
                             spec.partitions,
-                            replication_factor,
+                            replication_factor=1,
                             topic_configs=spec.config,
                         )
                     ]
@@ -95,11 +94,11 @@ def ensure_topics(
                 pass  # another process won the race: fine
         # Topic creation is asynchronous on real clusters: wait until metadata shows every topic.
         while True:
-            if {s.name for s in specs} <= set(admin.list_topics()):
+            if {s.name for s in ALL_TOPICS} <= set(admin.list_topics()):
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"topics not visible after {timeout_s}s: {[s.name for s in specs]}"
+                    f"topics not visible after {_TIMEOUT_S}s: {[s.name for s in ALL_TOPICS]}"
                 )
             time.sleep(0.1)
         if created:

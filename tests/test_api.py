@@ -19,6 +19,7 @@ from serving.api import create_app
 from streams.broker import EmbeddedBroker
 from streams.publish import Publisher
 from streams.replay import read_topic
+from streams.schemas import Engagement, Item, decode_for_topic
 from streams.topics import ENGAGEMENTS, ITEMS, USER_INTERESTS
 from tests._serving import (
     World,
@@ -158,11 +159,15 @@ def test_post_events_validates_then_publishes_to_kafka(
         "topics": {"engagements": 1, "items": 1},
     }
     engagements = list(read_topic(broker.settings(), ENGAGEMENTS.name, idle_timeout_s=1))
-    assert any(
-        rec.value and json.loads(rec.value).get("event_id") == "api-1" for rec in engagements
-    )
+    assert [
+        decode_for_topic(ENGAGEMENTS.name, rec.value)
+        for rec in engagements
+        if rec.key == b"api-user"
+    ] == [Engagement.model_validate(good[0])]
     items = list(read_topic(broker.settings(), ITEMS.name, idle_timeout_s=1))
-    assert any(rec.key == b"api-item" for rec in items)
+    assert [decode_for_topic(ITEMS.name, rec.value) for rec in items if rec.key == b"api-item"] == [
+        Item.model_validate(good[1])
+    ]
 
     bad = [
         ({"type": "engagement", "user_id": "u"}, "missing field"),

@@ -13,10 +13,9 @@ import pytest
 from serving.datasets.generated import generate, write
 from streams.broker import EmbeddedBroker
 from streams.consumer import ValidatingConsumer
-from streams.deadletters import parse_dead_letter
 from streams.publish import Publisher, PublishError
 from streams.replay import LoggedRecord, read_log, read_topic, record, replay
-from streams.schemas import Engagement, UserDeleted
+from streams.schemas import DeadLetter, Engagement, UserDeleted
 from streams.settings import KafkaSettings
 from streams.topics import ALL_TOPICS, DEAD_LETTERS, ENGAGEMENTS, ensure_topics
 
@@ -72,15 +71,19 @@ def test_each_kind_of_bad_message_is_dead_lettered_and_consumer_goes_on(
             if len(accepted) >= 2:
                 break
     assert [a.event for a in accepted] == [good, UserDeleted(user_id="u1", ts=6)]
-    letters = [parse_dead_letter(r.value or b"") for r in consume_all(settings, DEAD_LETTERS.name)]
+    letters = [
+        DeadLetter.model_validate_json(r.value or b"")
+        for r in consume_all(settings, DEAD_LETTERS.name)
+    ]
     assert len(letters) == len(bad)
-    for letter, (raw, reason) in zip(
-        sorted(letters, key=lambda x: x.offset or 0), bad.items(), strict=True
+    for offset, (letter, (raw, reason)) in enumerate(
+        zip(sorted(letters, key=lambda x: x.offset or 0), bad.items(), strict=True)
     ):
         assert reason in letter.reason
         assert letter.original() == raw
         assert letter.source_topic == ENGAGEMENTS.name
-        assert letter.partition is not None and letter.offset is not None
+        # Sent first, with the good events' key: their partition, from its first offset.
+        assert (letter.partition, letter.offset) == (accepted[0].partition, offset)
         assert letter.rejected_by == "test"
 
 

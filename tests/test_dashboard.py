@@ -76,8 +76,24 @@ def test_dashboard_shows_clusters_projection_and_recommendations_live(
             page.goto(f"{base}/?user={user}")
             page.wait_for_selector(f"body[data-loaded-user='{user}']", timeout=15_000)
             clusters = page.locator("#clusters li.cluster")
-            assert clusters.count() >= 2
-            assert page.locator("#recs .rec-group").count() >= 2  # grouped by interest
+            # The page lists exactly the API's interests and recommendation groups, in order.
+            interests, recommended = page.evaluate(
+                """async (u) => [
+                    (await (await fetch(`/users/${u}/interests?points=true`)).json()).interests,
+                    (await (await fetch(`/users/${u}/recommendations?k=20&explain=true`)).json())
+                        .items,
+                ]""",
+                user,
+            )
+            assert len(interests) >= 2  # the fixture's user has several interests
+            assert clusters.evaluate_all("els => els.map(e => e.dataset.medoid)") == [
+                i["medoid"] for i in interests
+            ]
+            shown_groups = page.locator("#recs .rec-group").evaluate_all(
+                "els => els.map(e => e.dataset.medoid)"
+            )
+            by_interest = dict.fromkeys(i["interest"] or "popular" for i in recommended)
+            assert shown_groups == list(by_interest) and len(shown_groups) >= 2  # grouped
             assert page.locator("#recs .rec-item").count() == 20
             assert "personalized" in page.locator("#recs-kind").inner_text()
             # Every group is one of the user's interests (its medoid is listed as a cluster).
@@ -99,7 +115,11 @@ def test_dashboard_shows_clusters_projection_and_recommendations_live(
             )
             assert colours >= 3
             assert "freshness" in page.locator("#freshness").inner_text()
-            assert page.locator("#user-select option").count() >= 1
+            options = page.locator("#user-select option")
+            playwright.expect(options).to_have_count(len(world.states))  # once /users answered
+            assert sorted(options.evaluate_all("els => els.map(e => e.value)")) == sorted(
+                world.states
+            )
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000

@@ -13,10 +13,9 @@ from encoders.export import export_text_encoder
 from encoders.session import EncoderSession
 from encoders.text_model import build_tiny_text_encoder
 from streams.broker import EmbeddedBroker
-from streams.deadletters import parse_dead_letter
 from streams.publish import Publisher
 from streams.replay import read_topic
-from streams.schemas import Item, ItemDeleted, ItemEmbedding, decode_for_topic
+from streams.schemas import DeadLetter, Item, ItemDeleted, ItemEmbedding, decode_for_topic
 from streams.topics import DEAD_LETTERS, ITEM_EMBEDDINGS, ITEMS
 from streams.workers.encoder import EncoderWorker, EncoderWorkerStats
 
@@ -53,11 +52,13 @@ def test_items_become_embeddings_with_dim_and_version(
         )
         for n in range(40)
     ]
+    wrong_dim = Item(item_id="wrong-dim", text="x", embedding=[1.0, 2.0], ts=99)
+    broken = b'{"type":"item","v":1}'
     with Publisher(settings) as pub:
         pub.publish_many(items)
         pub.publish(Item(item_id="own", text="precomputed", embedding=own.tolist(), ts=99))
-        pub.publish(Item(item_id="wrong-dim", text="x", embedding=[1.0, 2.0], ts=99))
-        pub.send(ITEMS.name, b'{"type":"item","v":1}', key=b"broken")
+        pub.publish(wrong_dim)
+        pub.send(ITEMS.name, broken, key=b"broken")
         pub.publish(ItemDeleted(item_id="i3", ts=100))
 
     worker = EncoderWorker(settings, tiny_encoder, max_batch=16)
@@ -89,14 +90,13 @@ def test_items_become_embeddings_with_dim_and_version(
     np.testing.assert_allclose(own_rec.array(), own / np.linalg.norm(own), atol=1e-6)
 
     letters = [
-        parse_dead_letter(r.value or b"")
+        DeadLetter.model_validate_json(r.value or b"")
         for r in read_topic(settings, DEAD_LETTERS.name, idle_timeout_s=1.0)
     ]
-    reasons = sorted(letter.reason for letter in letters)
-    assert len(reasons) == 2
-    assert any("dim 2" in r for r in reasons)
-    assert any("missing field 'item_id'" in r for r in reasons)
-    assert json.loads(letters[0].original())  # original bytes kept
+    assert sorted((letter.reason, letter.original()) for letter in letters) == [
+        ("embedding has dim 2, the index expects 32", wrong_dim.to_json()),
+        ("missing field 'item_id'", broken),  # original bytes kept
+    ]
 
 
 def test_real_pretrained_encoder_through_the_worker(fresh_broker: EmbeddedBroker) -> None:
@@ -165,7 +165,7 @@ def test_an_item_the_encoder_fails_on_is_dead_lettered_alone_and_float16_travels
         assert rec.dtype == "float16" and rec.dim == 32
         np.testing.assert_allclose(rec.array(), vec, atol=2e-3)
     [letter] = [
-        parse_dead_letter(r.value or b"")
+        DeadLetter.model_validate_json(r.value or b"")
         for r in read_topic(settings, DEAD_LETTERS.name, idle_timeout_s=1.0)
     ]
     assert "encoder failed" in letter.reason and "poison" in letter.reason

@@ -5,13 +5,10 @@ The tiny model goes through the same export and loading code as the pretrained o
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -28,7 +25,7 @@ from encoders.export import (
 )
 from encoders.manifest import MANIFEST_FILE, TextManifest
 from encoders.models import ensure_exported, exported_manifest
-from encoders.session import BatchingEncoder, EncoderSession
+from encoders.session import EncoderSession
 from encoders.text import item_text, load_tokenizer, pad_batch
 from encoders.text_model import build_tiny_text_encoder, load_text_encoder
 from serving.cli import app
@@ -173,42 +170,6 @@ def test_cpu_when_cuda_is_absent_quietly(
     assert providers.choose_providers() == [providers.CPU]
     with pytest.raises(ValueError, match="'auto', 'cpu' or 'cuda'"):
         providers.choose_providers("tpu")
-
-
-def test_batching_encoder_gathers_concurrent_requests(tiny: tuple[Path, Path]) -> None:
-    _, model_dir = tiny
-    session = EncoderSession(model_dir, variant="fp32")
-    texts = [f"item {i} about music and gardens" for i in range(40)]
-
-    async def run() -> tuple[list[np.ndarray], int]:
-        async with BatchingEncoder(session, max_batch=16, max_wait_ms=20) as batcher:
-            vectors = await asyncio.gather(*(batcher.encode_one(t) for t in texts))
-            return list(vectors), batcher.batches
-
-    sizes: list[int] = []
-    encode_items = session.encode_items
-
-    def recording(items: Any) -> np.ndarray:
-        sizes.append(len(items))
-        return encode_items(items)
-
-    session.encode_items = recording  # type: ignore[method-assign]
-    vectors, batches = asyncio.run(run())
-    # 40 requests in a few batches of at most max_batch, not 40 calls.
-    assert batches == len(sizes) <= 5 and sum(sizes) == 40 and max(sizes) <= 16, sizes
-    np.testing.assert_allclose(
-        np.stack(vectors), encode_items([{"text": t} for t in texts]), atol=1e-5
-    )
-
-    async def lone() -> float:
-        async with BatchingEncoder(session, max_batch=16, max_wait_ms=80) as batcher:
-            started = time.perf_counter()
-            await batcher.encode_one("a lone request")
-            return time.perf_counter() - started
-
-    sizes.clear()
-    waited = asyncio.run(lone())
-    assert sizes == [1] and 0.08 <= waited < 2.0  # it waits max_wait for company, then runs
 
 
 def test_missing_pretrained_package_names_it(monkeypatch: pytest.MonkeyPatch) -> None:

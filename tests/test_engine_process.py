@@ -110,7 +110,9 @@ def test_a_stored_state_is_restored_and_forget_empties_the_user() -> None:
     [first] = host.apply(
         Batch([UserJob("u", None, True, [learn(1, 3)], False)], ids, vectors, [], [])
     )
-    assert first.blob is not None
+    expected = InterestClusters(InterestConfig())
+    expected.learn_one(learn(1, 3), vectors[3])
+    assert first.blob == expected.to_bytes()
     other = EngineHost(InterestConfig(), Publishing(state="full"), cache_users=10)
     job = UserJob("u", first.blob, False, [learn(2, 4)], False)
     [restored] = other.apply(Batch([job], ids, vectors, [], []))
@@ -126,12 +128,19 @@ def test_a_stored_state_is_restored_and_forget_empties_the_user() -> None:
 def test_nothing_changed_comes_back_without_bytes_unless_asked() -> None:
     ids, vectors = item_vectors(10)
     host = EngineHost(InterestConfig(), Publishing(), cache_users=10)
-    host.apply(Batch([UserJob("u", None, True, [learn(1, 3)], False)], ids, vectors, [], []))
+    [learned] = host.apply(
+        Batch([UserJob("u", None, True, [learn(1, 3)], False)], ids, vectors, [], [])
+    )
     again = UserJob("u", None, False, [learn(1, 3)], False)
     [quiet] = host.apply(Batch([again], ids, vectors, [], []))
     assert quiet.learned == [False] and not quiet.changed and quiet.blob is None
     [asked] = host.apply(Batch([again._replace(publish=True)], ids, vectors, [], []))
-    assert asked.blob is not None and asked.record is not None and not asked.changed
+    state = InterestClusters(InterestConfig())
+    state.learn_one(learn(1, 3), vectors[3])
+    assert asked.blob == learned.blob == state.to_bytes() and not asked.changed
+    assert asked.record is not None and learned.record is not None
+    # The same record but for the time it was made.
+    assert asked.record.split(b'"updated_ms"')[0] == learned.record.split(b'"updated_ms"')[0]
 
 
 def test_deleted_items_leave_a_state_at_its_next_job() -> None:

@@ -99,14 +99,14 @@ def test_the_whole_protocol_runs_on_a_small_slice_and_writes_reports(
 def test_no_method_sees_a_test_event_before_it_is_scored(small: ReplayData) -> None:
     position = {e.event_id: i for i, e in enumerate(small.events)}
     log: list[tuple[str, str, str]] = []
-    evaluate(
+    result = evaluate(
         small,
         _suite(small),
         on_learn=lambda name, eid: log.append(("learn", name, eid)),
         on_score=lambda eid: log.append(("score", "", eid)),
     )
     scored = [eid for kind, _, eid in log if kind == "score"]
-    assert scored
+    assert scored and scored == list(result.event_ids)  # every test event, once, in order
     newest_learned = -1
     learned: set[str] = set()
     for kind, _, eid in log:
