@@ -130,9 +130,11 @@ def run_load(
 def build_users(
     n_users: int, vectors: np.ndarray, cluster_of: np.ndarray, seed: int
 ) -> list[bytes]:
-    """``user-interests`` values (JSON) of users with ~30 engagements on 3 topics each."""
+    """``user-interests`` values (JSON) of users with ~30 engagements on 3 topics each, as the
+    interests worker publishes them."""
     from streams.interests import InterestClusters
-    from streams.schemas import Engagement, user_interests_json
+    from streams.schemas import Engagement
+    from streams.workers.interests.engine_process import Publishing, interests_record
 
     rng = np.random.default_rng(seed)
     by_cluster: dict[int, np.ndarray] = {}
@@ -155,18 +157,7 @@ def build_users(
                 ts=now - (30 - n) * 60_000,
             )
             state.learn_one(ev, vectors[item])
-        interests, actions = state.published(10, state.last_ts, members=5)
-        records.append(
-            user_interests_json(
-                user_id=f"u{u}",
-                interests=interests,
-                n_actions=state.n_actions,
-                last_event_id=state.last_event_id,
-                last_event_ts=state.last_ts,
-                updated_ms=now,
-                actions=actions,
-            )
-        )
+        records.append(interests_record(f"u{u}", state, b"", Publishing()))
     return records
 
 

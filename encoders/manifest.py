@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import ClassVar, Self
 
 MANIFEST_FILE = "manifest.json"
 HEAD_MANIFEST_FILE = "head.json"
@@ -33,26 +33,41 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _load(path: Path, kind: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"no {kind} manifest at {path}")
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    if raw.get("kind") != kind:
-        raise ValueError(f"{path} is not a {kind} manifest (kind={raw.get('kind')!r})")
-    if raw.get("format") != FORMAT:
-        raise ValueError(f"{path}: unsupported manifest format {raw.get('format')!r}")
-    return raw
+@dataclass(frozen=True)
+class _ManifestFile:
+    """How a manifest is read and written: ``FILE`` in the model directory, of kind ``KIND``
+    and this format; keys this version does not know are ignored."""
 
+    FILE: ClassVar[str]
+    KIND: ClassVar[str]
 
-def _write(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    @classmethod
+    def load(cls, model_dir: Path) -> Self:
+        path, kind = model_dir / cls.FILE, cls.KIND
+        if not path.is_file():
+            raise FileNotFoundError(f"no {kind} manifest at {path}")
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        if raw.get("kind") != kind:
+            raise ValueError(f"{path} is not a {kind} manifest (kind={raw.get('kind')!r})")
+        if raw.get("format") != FORMAT:
+            raise ValueError(f"{path}: unsupported manifest format {raw.get('format')!r}")
+        known = {f.name for f in fields(cls)}  # not the ClassVars, which __dataclass_fields__ has
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+    def write(self, model_dir: Path) -> Path:
+        path = model_dir / self.FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        tmp.replace(path)
+        return path
 
 
 @dataclass(frozen=True)
-class TextManifest:
+class TextManifest(_ManifestFile):
     """What an exported text encoder is: ``files`` maps variant ("fp32", "int8") to file name."""
+
+    FILE: ClassVar[str] = MANIFEST_FILE
+    KIND: ClassVar[str] = "text_encoder"
 
     name: str
     version: str
@@ -64,18 +79,8 @@ class TextManifest:
     parity: dict[str, float] = field(default_factory=dict)
     created_by: str = ""
     source: str = ""
-    kind: str = "text_encoder"
+    kind: str = KIND
     format: int = FORMAT
-
-    @classmethod
-    def load(cls, model_dir: Path) -> TextManifest:
-        raw = _load(model_dir / MANIFEST_FILE, "text_encoder")
-        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
-
-    def write(self, model_dir: Path) -> Path:
-        path = model_dir / MANIFEST_FILE
-        _write(path, asdict(self))
-        return path
 
     def verify(self, model_dir: Path) -> None:
         """Raise ``ValueError`` if a listed file is missing or its sha256 differs."""
@@ -88,8 +93,11 @@ class TextManifest:
 
 
 @dataclass(frozen=True)
-class HeadManifest:
+class HeadManifest(_ManifestFile):
     """A trained head: its inputs' bucket counts, and the base encoder version it was trained on."""
+
+    FILE: ClassVar[str] = HEAD_MANIFEST_FILE
+    KIND: ClassVar[str] = "head"
 
     version: str
     base_version: str
@@ -102,15 +110,5 @@ class HeadManifest:
     metrics: dict[str, float] = field(default_factory=dict)
     config: dict[str, object] = field(default_factory=dict)
     created_by: str = ""
-    kind: str = "head"
+    kind: str = KIND
     format: int = FORMAT
-
-    @classmethod
-    def load(cls, model_dir: Path) -> HeadManifest:
-        raw = _load(model_dir / HEAD_MANIFEST_FILE, "head")
-        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
-
-    def write(self, model_dir: Path) -> Path:
-        path = model_dir / HEAD_MANIFEST_FILE
-        _write(path, asdict(self))
-        return path

@@ -113,10 +113,13 @@ class BertSelfAttention(nn.Module):
         return ctx.view((*ctx.size()[:-2], self.heads * self.head_dim))
 
 
-class BertSelfOutput(nn.Module):
-    def __init__(self, cfg: BertConfig) -> None:
+class BertResidualOutput(nn.Module):
+    """Project to the hidden size, add the residual, LayerNorm: Hugging Face's ``BertSelfOutput``
+    (after attention, from the hidden size) and ``BertOutput`` (after the intermediate layer)."""
+
+    def __init__(self, in_size: int, cfg: BertConfig) -> None:
         super().__init__()
-        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.dense = nn.Linear(in_size, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -127,7 +130,7 @@ class BertAttention(nn.Module):
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
         self.self = BertSelfAttention(cfg)
-        self.output = BertSelfOutput(cfg)
+        self.output = BertResidualOutput(cfg.hidden_size, cfg)
 
     def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
         return self.output(self.self(x, mask_bias), x)
@@ -142,22 +145,12 @@ class BertIntermediate(nn.Module):
         return F.gelu(self.dense(x))
 
 
-class BertOutput(nn.Module):
-    def __init__(self, cfg: BertConfig) -> None:
-        super().__init__()
-        self.dense = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
-        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-
-    def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dense(h) + residual)
-
-
 class BertLayer(nn.Module):
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
         self.attention = BertAttention(cfg)
         self.intermediate = BertIntermediate(cfg)
-        self.output = BertOutput(cfg)
+        self.output = BertResidualOutput(cfg.intermediate_size, cfg)
 
     def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
         a = self.attention(x, mask_bias)

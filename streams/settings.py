@@ -99,8 +99,8 @@ class KafkaSettings:
     def servers(self) -> list[str]:
         return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
 
-    def kafka_python(self) -> dict[str, Any]:
-        """Keyword arguments for kafka-python clients (producer, consumer, admin)."""
+    def _connection(self) -> dict[str, Any]:
+        """Servers, client id and SASL keyword arguments, the same for both client libraries."""
         kw: dict[str, Any] = {
             "bootstrap_servers": self.servers,
             "client_id": self.client_id,
@@ -112,6 +112,11 @@ class KafkaSettings:
                 sasl_plain_username=self.sasl_username,
                 sasl_plain_password=self.sasl_password,
             )
+        return kw
+
+    def kafka_python(self) -> dict[str, Any]:
+        """Keyword arguments for kafka-python clients (producer, consumer, admin)."""
+        kw = self._connection()
         if self.uses_ssl and self.ssl_cafile:
             kw["ssl_cafile"] = self.ssl_cafile
         return kw
@@ -130,17 +135,7 @@ class KafkaSettings:
 
     def aiokafka(self) -> dict[str, Any]:
         """Keyword arguments for aiokafka clients."""
-        kw: dict[str, Any] = {
-            "bootstrap_servers": self.servers,
-            "client_id": self.client_id,
-            "security_protocol": self.security_protocol,
-        }
-        if self.uses_sasl:
-            kw.update(
-                sasl_mechanism=self.sasl_mechanism or "PLAIN",
-                sasl_plain_username=self.sasl_username,
-                sasl_plain_password=self.sasl_password,
-            )
+        kw = self._connection()
         if self.uses_ssl:
             kw["ssl_context"] = self.ssl_context()
         return kw

@@ -13,9 +13,11 @@ from serving.datasets.generated import GeneratedData, generate
 from serving.readmodels import ReadModelConfig, ReadModels
 from streams.interests import InterestClusters
 from streams.publish import Publisher
-from streams.schemas import Engagement, ItemEmbedding, UserInterests, user_interests_json
+from streams.schemas import Engagement, ItemEmbedding, UserInterests
 from streams.settings import KafkaSettings
 from streams.topics import ITEM_EMBEDDINGS, USER_INTERESTS
+from streams.workers.interests.engine_process import Publishing
+from streams.workers.interests.engine_process import interests_record as worker_interests_record
 
 
 @dataclass
@@ -74,20 +76,10 @@ def publish_items(settings: KafkaSettings, world: World) -> None:
 
 
 def interests_record(user_id: str, state: InterestClusters, published: int = 10) -> UserInterests:
-    """The record the interests worker publishes for this state (built the same way)."""
-    now = state.last_ts
-    interests, actions = state.published(published, now, members=5)
-    return UserInterests.model_validate_json(
-        user_interests_json(
-            user_id=user_id,
-            interests=interests,
-            n_actions=state.n_actions,
-            last_event_id=state.last_event_id,
-            last_event_ts=now,
-            updated_ms=int(time.time() * 1000),
-            actions=actions,
-        )
-    )
+    """The record the interests worker publishes for this state (its own ``interests_record``,
+    no state bytes)."""
+    value = worker_interests_record(user_id, state, b"", Publishing(interests=published))
+    return UserInterests.model_validate_json(value)
 
 
 def publish_users(

@@ -97,18 +97,15 @@ class UserMaterializer:
                 self._profiles.move_to_end(user_id)
         if cached is not None:
             return _unpack(cached)
-        raw = self.users.record(user_id)
-        if raw is None:
-            return None
-        try:
-            record = decode_for_topic(USER_INTERESTS.name, raw)
-        except InvalidEvent:
+        record = self.record(user_id)
+        if record is None:
             return None
         profile = profile_from_record(record)
         self._cache_profile(profile)
         return profile
 
     def record(self, user_id: str) -> UserInterests | None:
+        """The user's stored ``user-interests`` record, or None if unknown or unreadable."""
         raw = self.users.record(user_id)
         if raw is None:
             return None

@@ -279,6 +279,17 @@ class InterestClusters:
             heapq.heappop(order)
             self._remove_slots([slot])
 
+    def _free_slots(self, slots: Sequence[int]) -> None:
+        """Empty the slots and make them free; the caller has taken their actions out of the
+        item counts and the clusters."""
+        for slot in slots:
+            self._items[slot] = None
+            self._ts[slot] = _NO_TS
+            self._cl[slot] = -1
+        self._free.extend(slots)
+        self._n -= len(slots)
+        self._live = None
+
     def _remove_slots(self, slots: Sequence[int]) -> None:
         assert self._vec is not None
         touched: set[int] = set()
@@ -294,12 +305,7 @@ class InterestClusters:
                 self._counts[j] -= 1
                 touched.add(j)
                 self._dirty.add(j)
-            self._items[slot] = None
-            self._ts[slot] = _NO_TS
-            self._cl[slot] = -1
-            self._free.append(slot)
-            self._n -= 1
-        self._live = None
+        self._free_slots(slots)
         if not self._n:
             self._ts_high = _TS_MIN
         for j in touched:
@@ -728,12 +734,7 @@ class InterestClusters:
             self._item_counts[item] -= 1
             if self._item_counts[item] == 0:
                 del self._item_counts[item]
-            self._items[slot] = None
-            self._ts[slot] = _NO_TS
-            self._cl[slot] = -1
-            self._free.append(slot)
-            self._n -= 1
-        self._live = None
+        self._free_slots(slots)
         live = self._live_slots()
         for j in touched:
             first: dict[str, int] = {}
