@@ -11,9 +11,9 @@ import importlib
 import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from typing import Any
 
 import numpy as np
-from scipy.cluster.hierarchy import fcluster, linkage
 from threadpoolctl import ThreadpoolController
 
 
@@ -121,34 +121,43 @@ def ward_labels_no_limit(vectors: np.ndarray, threshold: float, max_clusters: in
 # scipy's linkage and fcluster check their input on every call (array-API dispatch, validity
 # scans): ~0.5 ms of a young user's 16-action recluster, against ~30 us of work. Our trees are
 # valid by construction, so the C routines behind them are called directly when present.
-try:
-    from scipy.cluster import _hierarchy as _scipy_c
-    from scipy.cluster.hierarchy import _LINKAGE_METHODS
+# scipy.cluster is imported at the first recluster, not with the engine: it takes ~0.35 s, and
+# the command line imports the engine's config for its help texts.
+@functools.cache
+def _scipy_ward() -> tuple[Any, int | None]:
+    """scipy's hierarchy C module and its Ward code, or (the public module, None) for another
+    scipy layout."""
+    import scipy.cluster.hierarchy as hierarchy
 
-    _WARD_CODE: int | None = int(_LINKAGE_METHODS["ward"])
-    _scipy_c.nn_chain, _scipy_c.cluster_dist, _scipy_c.cluster_maxclust_dist  # noqa: B018
-except (ImportError, AttributeError, KeyError):  # another scipy layout: the public API
-    _WARD_CODE = None
+    try:
+        from scipy.cluster import _hierarchy as scipy_c
+
+        scipy_c.nn_chain, scipy_c.cluster_dist, scipy_c.cluster_maxclust_dist  # noqa: B018
+        return scipy_c, int(hierarchy._LINKAGE_METHODS["ward"])
+    except (ImportError, AttributeError, KeyError):
+        return hierarchy, None
 
 
 def _ward_tree(distances: np.ndarray, n: int) -> np.ndarray:
     """``linkage(distances, method="ward")`` (what it runs for Ward: the nearest-neighbour
     chain), without its checks."""
-    if _WARD_CODE is None:
-        return np.asarray(linkage(distances, method="ward"))
-    return np.asarray(_scipy_c.nn_chain(distances, n, _WARD_CODE))
+    scipy_c, ward_code = _scipy_ward()
+    if ward_code is None:
+        return np.asarray(scipy_c.linkage(distances, method="ward"))
+    return np.asarray(scipy_c.nn_chain(distances, n, ward_code))
 
 
 def _cut(tree: np.ndarray, n: int, criterion: str, t: float) -> np.ndarray:
     """``fcluster(tree, t=t, criterion=criterion)`` for "distance" (cut at height ``t``) or
     "maxclust" (at most ``t`` clusters), without its checks."""
-    if _WARD_CODE is None:
-        return np.asarray(fcluster(tree, t=t, criterion=criterion))
+    scipy_c, ward_code = _scipy_ward()
+    if ward_code is None:
+        return np.asarray(scipy_c.fcluster(tree, t=t, criterion=criterion))
     labels = np.zeros(n, dtype=np.int32)
     if criterion == "distance":
-        _scipy_c.cluster_dist(tree, labels, float(t), n)
+        scipy_c.cluster_dist(tree, labels, float(t), n)
     else:
-        _scipy_c.cluster_maxclust_dist(tree, labels, n, int(t))
+        scipy_c.cluster_maxclust_dist(tree, labels, n, int(t))
     return labels
 
 
