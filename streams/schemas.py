@@ -31,6 +31,7 @@ import orjson
 import pybase64
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -44,8 +45,20 @@ MAX_MESSAGE_BYTES = 1 << 20  # larger messages are dead-lettered, never parsed
 MAX_TEXT_CHARS = 20_000
 MAX_EMBEDDING_DIM = 4096
 
-Id = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\s\x00-\x1f]+$")]
-TimestampMs = Annotated[int, Field(ge=0, le=10**14)]
+# An id has no control character (C0) and no whitespace: Unicode's White_Space set, spelled out,
+# since "\s" means another set in each engine that reads the pattern (pydantic's Rust regex,
+# Python's re, the ECMA-262 regex of JSON Schema tools).
+ID_PATTERN = r"^[^\x00-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$"
+Id = Annotated[str, Field(min_length=1, max_length=256, pattern=ID_PATTERN)]
+
+
+def _integral_float_as_int(value: Any) -> Any:
+    """JSON has one kind of number: ``5.0`` is the integer 5 there (JSON Schema agrees), as some
+    encoders write it; strict validation still refuses ``5.5``, strings and booleans."""
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+TimestampMs = Annotated[int, Field(ge=0, le=10**14), BeforeValidator(_integral_float_as_int)]
 ActionName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 
 
@@ -74,7 +87,8 @@ class Engagement(_Event):
     user_id: Id
     item_id: Id
     action: ActionName
-    weight: float | None = None
+    # The JSON schema states what the validator below enforces (JSON has no NaN or Infinity).
+    weight: Annotated[float, Field(json_schema_extra={"minimum": 0})] | None = None
     ts: TimestampMs
 
     @field_validator("weight")
@@ -97,9 +111,17 @@ class Item(_Event):
     text: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] = ""
     category: Annotated[str, Field(max_length=256)] | None = None
     tags: Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=64)] = []
-    embedding: Annotated[list[float], Field(min_length=1, max_length=MAX_EMBEDDING_DIM)] | None = (
-        None
-    )
+    embedding: (
+        Annotated[
+            list[float],
+            Field(
+                min_length=1,
+                max_length=MAX_EMBEDDING_DIM,
+                json_schema_extra={"not": {"items": {"const": 0}}},  # not all zeros
+            ),
+        ]
+        | None
+    ) = None
     ts: TimestampMs
 
     @field_validator("embedding")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -126,3 +129,27 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str = "") 
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(0.01)
     return time.monotonic() - started
+
+
+@contextmanager
+def live_server(app: Any, ready: Callable[[], bool], timeout_s: float = 30) -> Iterator[str]:
+    """``app`` served by uvicorn on a free 127.0.0.1 port (a thread of this process), with the
+    HTTP protocol ``recstream serve`` runs; yields the base URL once ``ready()``, stops on exit."""
+    import uvicorn
+
+    from serving.api.protocol import ProblemHttpToolsProtocol
+    from streams.broker import free_port
+
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="error", http=ProblemHttpToolsProtocol
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started and ready(), timeout_s, "the API to start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)

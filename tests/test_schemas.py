@@ -1,11 +1,13 @@
 import base64
 import json
+import re
 from typing import Any
 
 import numpy as np
 import pytest
 
 from streams.schemas import (
+    ID_PATTERN,
     MAX_MESSAGE_BYTES,
     Engagement,
     InvalidEvent,
@@ -177,3 +179,41 @@ def test_user_interests_actions_that_do_not_fit_get_a_precise_reason(
         "actions": actions,
     }
     assert expected in reason_for(json.dumps(record).encode(), "user-interests")
+
+
+def test_an_integral_number_is_an_integer_timestamp_and_nothing_else_is() -> None:
+    # JSON has one kind of number: 5.0 is the integer 5 (JSON Schema agrees).
+    event = decode_for_topic("engagements", json.dumps({**GOOD, "ts": 1700.0}).encode())
+    assert event.ts == 1700 and type(event.ts) is int
+    for ts, reason in [
+        (1700.5, "Input should be a valid integer"),
+        ("1700", "Input should be a valid integer"),
+        (-1.0, "Input should be greater than or equal to 0"),
+        (1e20, "Input should be less than or equal to 100000000000000"),
+    ]:
+        assert (
+            reason_for(json.dumps({**GOOD, "ts": ts}).encode()) == f"invalid field 'ts': {reason}"
+        )
+
+
+def test_the_id_pattern_means_the_same_in_python_and_in_pydantic() -> None:
+    """No C0 control and no Unicode whitespace, whichever engine reads it: pydantic's Rust regex
+    (validation) and Python's re (what schemathesis generates from) agree on every code point."""
+    from pydantic import TypeAdapter
+
+    from streams.schemas import Id
+
+    pattern, ids = re.compile(ID_PATTERN), TypeAdapter(Id)
+    refused = []
+    # Every whitespace character is in the first plane; the others are sampled.
+    for cp in [*range(0xD800), *range(0xE000, 0x10000), *range(0x10000, 0x110000, 251)]:
+        c = chr(cp)
+        expected = not (cp <= 0x20 or c.isspace())
+        assert bool(pattern.match(c)) == expected, hex(cp)
+        try:
+            assert ids.validate_python(c) == c and expected, hex(cp)
+        except ValueError:
+            assert not expected, hex(cp)
+            refused.append(cp)
+    # C0 and space, NEL, NBSP, OGHAM SPACE, U+2000-U+200A, LS, PS, NNBSP, MMSP, IDEOGRAPHIC SPACE
+    assert len(refused) == 33 + 1 + 1 + 1 + 11 + 1 + 1 + 1 + 1 + 1

@@ -10,7 +10,9 @@ with the app). Endpoints (OpenAPI at ``/docs``), one router per resource in ``ro
 - ``POST /events`` (one event or a list; engagement, user_deleted, item, item_deleted) -> 202
 - ``GET /healthz``, ``GET /readyz``, ``GET /metrics`` (Prometheus), dashboard at ``/``.
 
-Every 4xx/5xx body is RFC 9457 problem details (``application/problem+json``; ``problems``).
+Every 4xx/5xx body is RFC 9457 problem details (``application/problem+json``; ``problems``),
+and the OpenAPI document declares each one (``openapi``). Bodies over ``max_body_bytes`` get 413
+and URLs whose percent-escapes are not UTF-8 get 400 before any endpoint runs (``limits``).
 When the environment variable ``RECSTREAM_API_KEYS`` holds a comma-separated list of keys, every
 endpoint except the health checks, ``/metrics`` and the static dashboard page needs one in
 ``X-API-Key`` (``dependencies``).
@@ -29,7 +31,9 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from serving.api import openapi
 from serving.api.dependencies import EventPublisher, api_keys_from_env, require_api_key
+from serving.api.limits import MAX_BODY_BYTES, RequestLimits
 from serving.api.problems import (
     ProblemError,
     on_http_error,
@@ -77,6 +81,7 @@ def create_app(
     *,
     api_keys: Sequence[str] | None = None,
     manage_read_models: bool = True,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     """The API around ``read_models`` (started on startup and closed on shutdown when
     ``manage_read_models``). ``api_keys`` None = read ``RECSTREAM_API_KEYS``."""
@@ -112,10 +117,18 @@ def create_app(
     app.state.event_publisher = publisher
     # Without keys there is nothing to check (and the OpenAPI document shows no key header).
     protected = [Depends(require_api_key)] if keys else []
-    app.include_router(health.router)
-    app.include_router(users.router, dependencies=protected)
-    app.include_router(items.router, dependencies=protected)
-    app.include_router(events.router, dependencies=protected)
+    # Any URL may be refused by RequestLimits; a key-guarded one also for its key.
+    anywhere = openapi.problem_responses({400: "The URL's percent-escapes are not UTF-8"})
+    guarded = {
+        **anywhere,
+        **(openapi.problem_responses({401: "Missing or wrong X-API-Key"}) if keys else {}),
+    }
+    app.include_router(health.router, responses=anywhere)
+    app.include_router(users.router, dependencies=protected, responses=guarded)
+    app.include_router(items.router, dependencies=protected, responses=guarded)
+    app.include_router(events.router, dependencies=protected, responses=guarded)
     app.include_router(dashboard.router)
+    openapi.install(app, events.EVENT_SCHEMAS)
+    app.add_middleware(RequestLimits, max_body_bytes=max_body_bytes)
     app.add_middleware(_Timing, read_models=rm)
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 
 class Explanation(BaseModel):
@@ -89,3 +89,15 @@ class EventsAccepted(BaseModel):
 
 class UserListOut(BaseModel):
     users: list[dict[str, Any]]
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, the body of every 4xx/5xx answer (``application/problem+json``);
+    some carry more members (``errors`` of a 422, ``index`` of the invalid event, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str

@@ -6,11 +6,12 @@ from typing import Annotated
 
 from fastapi import Path, Query
 
-MAX_K = 200
-ID_PATTERN = r"^[^\s\x00-\x1f]+$"
+from streams.schemas import ID_PATTERN
 
-UserId = Annotated[str, Path(min_length=1, max_length=256, pattern=ID_PATTERN)]
-ItemId = Annotated[str, Path(min_length=1, max_length=256, pattern=ID_PATTERN)]
+MAX_K = 200
+
+UserId = Annotated[str, Path(min_length=1, max_length=256, pattern=ID_PATTERN, examples=["u1"])]
+ItemId = Annotated[str, Path(min_length=1, max_length=256, pattern=ID_PATTERN, examples=["i1"])]
 K = Annotated[int, Query(ge=1, le=MAX_K, description="How many items (1-200).")]
 Category = Annotated[
     str | None, Query(min_length=1, max_length=256, description="Only items of this category.")

@@ -1,12 +1,13 @@
 """RFC 9457 problem details: every 4xx/5xx body is ``application/problem+json``.
 
 Endpoints raise ``ProblemError``; the handlers here turn it, request validation errors, HTTP
-errors (404, 405) and anything unhandled into problem details.
+errors (404, 405, 413) and anything unhandled into problem details.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import Request
@@ -16,10 +17,29 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
 
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Content too large",
+    415: "Unsupported media type",
+    422: "Invalid request",
+    500: "Internal error",
+    503: "Unavailable",
+}
 
-def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
-    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
 class ProblemError(Exception):
@@ -46,8 +66,9 @@ async def on_invalid_request(request: Request, exc: RequestValidationError) -> J
 
 
 async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    titles = {404: "Not found", 405: "Method not allowed"}
-    return problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail))
+    # The headers matter: a 405 carries the Allow header RFC 9110 requires.
+    status = exc.status_code
+    return problem(status, TITLES.get(status, "Error"), str(exc.detail), headers=exc.headers)
 
 
 async def on_unhandled_error(request: Request, exc: Exception) -> JSONResponse:

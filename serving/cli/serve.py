@@ -69,6 +69,7 @@ def serve(
     import uvicorn
 
     from serving.api import create_app
+    from serving.api.protocol import ProblemHttpToolsProtocol
     from serving.readmodels import ReadModels
     from streams.topics import ensure_topics
 
@@ -83,5 +84,10 @@ def serve(
     )
     typer.echo(f"recstream API on http://{host}:{port}/ (docs at /docs)", err=True)
     uvicorn.run(
-        create_app(models, settings), host=host, port=port, log_level=log_level, access_log=False
+        create_app(models, settings),
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        http=ProblemHttpToolsProtocol,  # problem details for requests uvicorn cannot parse
     )

@@ -8,14 +8,16 @@ from fastapi import APIRouter
 
 from serving.api.dependencies import ReadModelsDep
 from serving.api.models import ItemOut, SimilarOut
+from serving.api.openapi import problem_responses
 from serving.api.parameters import Category, ItemId, K
 from serving.api.problems import ProblemError
 from serving.api.responses import item_out
 
 router = APIRouter(tags=["items"])
+ERRORS = problem_responses({404: "No live item with this id", 422: "Invalid parameters"})
 
 
-@router.get("/items/{item_id}", response_model=ItemOut)
+@router.get("/items/{item_id}", response_model=ItemOut, responses=ERRORS)
 async def item(rm: ReadModelsDep, item_id: ItemId) -> dict[str, Any]:
     info = rm.catalog.get(item_id)
     if info is None:
@@ -29,7 +31,7 @@ async def item(rm: ReadModelsDep, item_id: ItemId) -> dict[str, Any]:
     }
 
 
-@router.get("/items/{item_id}/similar", response_model=SimilarOut)
+@router.get("/items/{item_id}/similar", response_model=SimilarOut, responses=ERRORS)
 async def similar(
     rm: ReadModelsDep, item_id: ItemId, k: K = 20, category: Category = None
 ) -> dict[str, Any]:

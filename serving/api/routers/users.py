@@ -10,6 +10,7 @@ from fastapi.responses import Response
 
 from serving.api.dependencies import ReadModelsDep
 from serving.api.models import InterestsOut, RecommendationsOut, UserListOut
+from serving.api.openapi import problem_responses
 from serving.api.parameters import Category, K, UserId
 from serving.api.problems import ProblemError
 from serving.api.projection import projection
@@ -23,6 +24,7 @@ router = APIRouter()
     "/users/{user_id}/recommendations",
     response_model=RecommendationsOut,
     tags=["recommendations"],
+    responses=problem_responses({422: "Invalid parameters"}),
 )
 async def recommendations(
     rm: ReadModelsDep,
@@ -72,7 +74,14 @@ async def recommendations(
     return FastJSONResponse(out)
 
 
-@router.get("/users/{user_id}/interests", response_model=InterestsOut, tags=["users"])
+@router.get(
+    "/users/{user_id}/interests",
+    response_model=InterestsOut,
+    tags=["users"],
+    responses=problem_responses(
+        {404: "No interests known for this user", 422: "Invalid parameters"}
+    ),
+)
 async def interests(
     rm: ReadModelsDep,
     user_id: UserId,
@@ -101,7 +110,12 @@ async def interests(
     return out
 
 
-@router.get("/users", response_model=UserListOut, tags=["users"])
+@router.get(
+    "/users",
+    response_model=UserListOut,
+    tags=["users"],
+    responses=problem_responses({422: "Invalid parameters"}),
+)
 async def users(
     rm: ReadModelsDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> dict[str, Any]:
