@@ -13,7 +13,7 @@ from serving.api.models import InterestsOut, RecommendationsOut, UserListOut
 from serving.api.parameters import Category, K, UserId
 from serving.api.problems import ProblemError
 from serving.api.projection import projection
-from serving.api.responses import FastJSONResponse, interest_out, item_out
+from serving.api.responses import FastJSONResponse, interest_out, item_out, live_interests
 from serving.recommend import InterestView, Recommendations
 
 router = APIRouter()
@@ -92,8 +92,14 @@ async def interests(
         "last_event_ts": record.last_event_ts,
         "updated_ms": record.updated_ms,
         "interests": [
-            interest_out(InterestView(i.medoid, i.importance, i.size, tuple(i.members)), rm)
-            for i in record.interests
+            interest_out(i, rm)
+            for i in live_interests(
+                (
+                    InterestView(i.medoid, i.importance, i.size, tuple(i.members))
+                    for i in record.interests
+                ),
+                rm,
+            )
         ],
     }
     if profile is not None and profile.applied_ms:
