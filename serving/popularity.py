@@ -139,9 +139,10 @@ class DecayedPopularity:
             fetch = min(len(scores), fetch * 4)
 
     # -- persistence -----------------------------------------------------------------------
-    def to_bytes(self) -> bytes:
-        """Compact npz bytes (ids, scores, reference time, half-life)."""
-        live = [(i, s) for i, s in self._slot.items()]
+    def to_bytes(self, keep: Callable[[str], bool] | None = None) -> bytes:
+        """Compact npz bytes (ids, scores, reference time, half-life); only the items ``keep``
+        accepts, when given."""
+        live = [(i, s) for i, s in self._slot.items() if keep is None or keep(i)]
         buf = io.BytesIO()
         np.savez(
             buf,

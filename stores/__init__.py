@@ -54,6 +54,14 @@ Attributes and methods:
 - ``db.batch()`` -> `Batch`: ``with db.batch() as b:`` pass ``batch=b`` to any of the above
   and everything is written in one atomic RocksDB write at the end (nothing if it raises).
 - ``db.flush()``, ``db.close()``.
+- ``db.purge(*, items=False, users=False)``: nothing of the deleted or superseded records of
+  the item store / the user stores is left in the files (flush, full compaction, MANIFEST
+  rolled: `stores.forgetting`); ``mark_purge_due(due=True)`` and ``purge_due`` keep, across
+  restarts, that a purge is owed.
+
+Forgetting (`stores.forgetting`, `stores.hnsw_file`): ``purge(rdict, column_families=())``
+and ``forgetful(options)`` for any RocksDB database (the interests worker's faust tables use
+them too); an `ItemIndex` snapshot zeroes the vectors of deleted elements in hnswlib's file.
 
 ``CachedItemVectors(item_store, capacity=65_536)``: a thread-safe LRU of item vectors in
 front of an `ItemStore` (``vectors(ids)``, ``invalidate(ids)`` after writing to the store,

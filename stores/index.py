@@ -49,6 +49,7 @@ import hnswlib
 import numpy as np
 
 from stores._concurrency import Copies, OneCopy, TwoCopies
+from stores.hnsw_file import scrub_deleted_vectors
 from stores.snapshot import SnapshotError, iter_snapshots, write_snapshot
 
 log = logging.getLogger(__name__)
@@ -566,7 +567,9 @@ class ItemIndex(_VectorIndex[_Graph]):
         temp dir, checksummed in a manifest, fsynced and renamed into place, so a crash
         leaves either the whole snapshot or none. The newest `keep` generations stay.
         `offsets` maps "topic:partition" to the next offset to consume. Queries go on
-        while it runs; writes wait.
+        while it runs; writes wait. Deleted (and replaced) elements stay in the graph as
+        waypoints, but their vectors are zeroed in the file: a snapshot carries no deleted
+        vector (`stores.hnsw_file`).
         """
         offsets_json = {str(tp): int(off) for tp, off in offsets.items()}
         with self._writer:  # nothing changes the published copy meanwhile
@@ -591,6 +594,8 @@ class ItemIndex(_VectorIndex[_Graph]):
 
             def write_files(tmp: Path) -> None:
                 g.hnsw.save_index(str(tmp / _INDEX_FILE))
+                if g.size() > len(g.label_of):  # deleted elements: their vectors must not go
+                    scrub_deleted_vectors(tmp / _INDEX_FILE, self._dim)
                 labels = {"ids": list(g.label_of), "labels": list(g.label_of.values())}
                 (tmp / _LABELS_FILE).write_text(json.dumps(labels), encoding="utf-8")
 

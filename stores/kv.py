@@ -11,7 +11,7 @@ item_vectors   item id (utf-8)                  raw little-endian float32 row
 users          user id (utf-8)                  opaque state bytes (interests engine)
 user_records   user id (utf-8)                  the latest ``user-interests`` record, raw bytes
 offsets        "topic:partition" (utf-8)        next offset to consume, 8-byte big-endian
-meta           b"dim"                           ascii
+meta           b"dim", b"purge_due"             ascii
 =============  ===============================  ==========================================
 
 Vectors live apart from their metadata so that `ItemStore.vectors(ids)` is one
@@ -22,6 +22,10 @@ Every write method takes an optional `batch` (from `StateDB.batch()`), so a
 consumer can write the items of one Kafka poll and the offsets that follow them
 in one atomic RocksDB write. The database is tuned for point reads: bloom
 filters and a shared LRU block cache.
+
+`StateDB.purge` leaves no byte of deleted or superseded records in the files (see
+`stores.forgetting`); ``mark_purge_due`` / ``purge_due`` remember across restarts that one is
+owed.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from typing import Any, cast
 import numpy as np
 import rocksdict
 
+from stores.forgetting import forgetful, purge
+
 _ITEMS = "items"
 _VECTORS = "item_vectors"
 _USERS = "users"
@@ -47,6 +53,7 @@ _USER_RECORDS = "user_records"
 _OFFSETS = "offsets"
 _META = "meta"
 _COLUMN_FAMILIES = (_ITEMS, _VECTORS, _USERS, _USER_RECORDS, _OFFSETS, _META)
+_PURGE_DUE = b"purge_due"
 _OFFSET = struct.Struct(">q")
 _BLOCK_CACHE_MB = 64  # LRU block cache shared by all column families
 
@@ -127,7 +134,7 @@ class StateDB:
         try:
             self._db = rocksdict.Rdict(
                 str(self.path),
-                _options(cache),
+                forgetful(_options(cache)),
                 column_families=column_families,
                 access_type=rocksdict.AccessType.read_write(),
             )
@@ -153,6 +160,40 @@ class StateDB:
         """Flush memtables of every column family to disk."""
         for cf in self._cfs.values():
             cf.flush()
+
+    @property
+    def purge_due(self) -> bool:
+        """Whether the last `purge` is older than the last `mark_purge_due` (it survives
+        restarts: a purge noted before a crash or a stop is not forgotten)."""
+        return self._cf(_META).get(_PURGE_DUE) is not None
+
+    def mark_purge_due(self, due: bool = True) -> None:
+        """Note (or clear) that deleted records wait for a purge."""
+        meta = self._cf(_META)
+        if due:
+            meta[_PURGE_DUE] = b"1"
+        elif meta.get(_PURGE_DUE) is not None:
+            del meta[_PURGE_DUE]
+
+    def purge(self, *, items: bool = False, users: bool = False) -> None:
+        """Leave nothing on disk of the deleted or overwritten records of the item store
+        (``items``) and of the user stores (``users``): flush everything, compact those column
+        families whole, roll the MANIFEST (`stores.forgetting.purge`). Costs about one rewrite
+        of them; blocks until done."""
+        families = [
+            self._cfs[name]
+            for name, chosen in (
+                (_ITEMS, items),
+                (_VECTORS, items),
+                (_USERS, users),
+                (_USER_RECORDS, users),
+            )
+            if chosen
+        ]
+        if not families:
+            return
+        self.flush()  # every column family, so the write-ahead log holding the deletes goes
+        purge(self._db, families)
 
     def close(self) -> None:
         """Flush and release the database and its lock. Idempotent."""

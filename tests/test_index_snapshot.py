@@ -194,3 +194,53 @@ def test_an_exact_index_snapshots_and_restores_the_same_way(
     with caplog.at_level(logging.WARNING, logger="stores"):
         assert ItemIndex.restore(tmp_path) is None  # not an HNSW snapshot: refused, not misread
     assert "unknown format" in caplog.text
+
+
+def test_a_snapshot_carries_no_vector_of_a_deleted_or_replaced_item_and_still_answers(
+    data: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    vectors, queries = data
+    index = ItemIndex(DIM, ef=200, initial_capacity=4096)
+    index.upsert([f"v{i}" for i in range(2000)], vectors[:2000])
+    index.delete([f"v{i}" for i in range(100)])  # marked deleted: still in hnswlib's graph
+    index.upsert([f"v{i}" for i in range(100, 150)], vectors[3000:3050])  # old ones replaced
+    gone = normalize_rows(vectors[:150])
+    live = normalize_rows(vectors[150:2000])
+    before = index.knn_batch(queries, 10)
+
+    path = index.snapshot(tmp_path, OFFSETS)
+    saved = b"".join(f.read_bytes() for f in sorted(path.iterdir()))
+    assert sum(row.tobytes() in saved for row in gone) == 0
+    assert all(row.tobytes() in saved for row in live)
+    # The labels file names live items only.
+    labels = json.loads((path / "labels.json").read_text())
+    assert not {f"v{i}" for i in range(100)} & set(labels["ids"])
+
+    copy, _ = restored(tmp_path)
+    assert len(copy) == 1900 and "v0" not in copy
+    # The zeroed elements stay waypoints that are never returned; the answers hold.
+    after = copy.knn_batch(queries, 10)
+    assert all(h.item_id not in {f"v{i}" for i in range(100)} for row in after for h in row)
+    overlap = np.mean(
+        [
+            len({h.item_id for h in a} & {h.item_id for h in b}) / 10
+            for a, b in zip(after, before, strict=True)
+        ]
+    )
+    assert overlap >= 0.95
+    copy.upsert([f"n{i}" for i in range(200)], vectors[4000:4200])  # reuses zeroed slots
+    assert [h.item_id for h in copy.knn(vectors[4100], 1)] == ["n100"]
+
+
+def test_scrubbing_refuses_a_file_of_another_layout(tmp_path: Path) -> None:
+    from stores.hnsw_file import HnswFileError, scrub_deleted_vectors
+
+    index = ItemIndex(DIM, initial_capacity=64)
+    index.upsert(["a", "b"], np.eye(DIM, dtype=np.float32)[:2])
+    index.delete("a")
+    path = index.snapshot(tmp_path, OFFSETS)
+    with pytest.raises(HnswFileError, match="layout"):
+        scrub_deleted_vectors(path / "index.hnsw", DIM * 2)  # another dimension
+    (tmp_path / "short.hnsw").write_bytes(b"\x00" * 40)
+    with pytest.raises(HnswFileError, match="shorter than the header"):
+        scrub_deleted_vectors(tmp_path / "short.hnsw", DIM)

@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from serving.datasets.generated import generate
+from stores import StateDB
 from streams.broker import EmbeddedBroker, free_port
 from streams.faust_runtime.event_loop import use_event_loop
 from streams.interests import InterestClusters
@@ -262,7 +263,7 @@ def _lookup(vectors: dict[str, np.ndarray], ids: Sequence[str]) -> tuple[list[st
     return found, (np.stack([vectors[i] for i in found]) if found else np.empty((0, 32)))
 
 
-def test_deleted_items_leave_users_at_their_next_event_and_parking_is_bounded(
+def test_deleted_items_are_swept_from_stored_states_and_parking_is_bounded(
     fresh_broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
     settings = fresh_broker.settings()
@@ -307,19 +308,34 @@ def test_deleted_items_leave_users_at_their_next_event_and_parking_is_bounded(
             "x0",
             "x1",
         ]
-        # i1 is deleted; the user's state drops it at their next event once the worker knows
-        # (the deletion and the event travel on different topics: either may come first).
+        # i1 is deleted: the worker sweeps it from the stored state and publishes the user's
+        # record again, without waiting for the user's next event.
         with Publisher(settings) as pub:
             pub.send(ITEM_EMBEDDINGS.name, None, key=b"i1")
+        wait_for(lambda: seen() == {"i0", "i2"}, 20, what="i1 swept", alive=[proc])
+        assert _metric(port, "recstream_interest_swept_states_total") == 1
+        # x2 is deleted too (it never had an embedding): its parked engagement waits no more.
+        with Publisher(settings) as pub:
+            pub.send(ITEM_EMBEDDINGS.name, None, key=b"x2")
         wait_for(
-            lambda: _metric(port, "recstream_interest_item_vectors") == 3,
+            lambda: _metric(port, "recstream_interest_parked_events") == 2,
             20,
-            what="the worker saw the deletion",
+            what="the parked engagement on x2 dropped",
         )
-        assert seen() == {"i0", "i1", "i2"}  # lazily: not before the user's next event
         with Publisher(settings) as pub:
             pub.publish(_engagement(20, "i3", t0 + 20))
-        wait_for(lambda: seen() == {"i0", "i2", "i3"}, 30, what="i1 forgotten", alive=[proc])
+        wait_for(lambda: seen() == {"i0", "i2", "i3"}, 30, what="the next event", alive=[proc])
+        # i2 leaves the item store while the worker is down, as when a crash cut a sweep short:
+        # the restarted worker checks the recovered states against the item store.
+        stop(proc)
+        with StateDB(tmp_path / "w" / "items") as items:
+            items.items.delete("i2")
+        proc = start_interests_worker(
+            fresh_broker.bootstrap_servers, tmp_path / "w", extra=["--metrics-port", str(port)]
+        )
+        wait_for(
+            lambda: seen() == {"i0", "i3"}, 60, what="i2 swept after the restart", alive=[proc]
+        )
     finally:
         stop(proc)
 

@@ -205,6 +205,55 @@ def test_a_replica_killed_after_a_periodic_snapshot_restores_it_and_replays_only
         assert sum(applied) <= 1  # at most the record after the last snapshot, not 210 again
 
 
+def test_a_replica_killed_before_purging_a_deleted_user_purges_at_its_next_snapshot(
+    fresh_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    settings = fresh_broker.settings()
+    world = make_world(users=5, items=60, events=300)
+    publish_world(settings, world)
+    gone = "u~7f3a9c!gone"  # its core's 4-byte windows occur nowhere else (see test_forget.py)
+    record = interests_record(gone, next(iter(world.states.values())))
+    with Publisher(settings) as pub:
+        pub.send(USER_INTERESTS.name, record.to_json(), key=record.key)
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [
+            *[sys.executable, "-m", "serving.cli", "serve", "--port", str(port)],
+            *["--data-dir", str(tmp_path / "r"), "--snapshot-every-s", "0"],
+            *["--bootstrap-servers", fresh_broker.bootstrap_servers],
+        ],
+        env={**os.environ, **EMBEDDED_ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: _ok(f"{api}/users/{gone}/interests"), 60, what="served", alive=[server])
+        with Publisher(settings) as pub:
+            pub.send(USER_INTERESTS.name, None, key=gone.encode())
+        wait_for(lambda: _status(f"{api}/users/{gone}/interests") == 404, 10, what="deleted")
+    finally:
+        server.send_signal(signal.SIGKILL)  # before any snapshot, hence before any purge
+        server.wait()
+
+    def holding() -> list[str]:
+        files = (p for p in (tmp_path / "r").rglob("*") if p.is_file())
+        return sorted(p.name for p in files if b"~7f3a9c!" in p.read_bytes())
+
+    with read_models(settings, tmp_path / "r") as rm:
+        assert rm.wait_ready(30) and rm.profile(gone) is None
+        assert rm.db.purge_due and holding()  # the deleted record is still in the files
+        rm.snapshot()
+        assert not rm.db.purge_due and holding() == []
+
+
+def _status(url: str) -> int:
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.HTTPError:
+        return 0
+
+
 def _ok(url: str) -> bool:
     try:
         return httpx.get(url, timeout=2).status_code == 200

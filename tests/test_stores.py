@@ -173,3 +173,40 @@ def test_cached_vectors_serve_repeats_from_memory_and_stay_coherent(db: StateDB)
     cache.invalidate(["a", "b"])  # as the worker's item feed does after each write
     ids, matrix = cache.vectors(["a", "b"])
     assert ids == ["a"] and matrix.tolist() == [[7.0] * 4]
+
+
+def _files_holding(root: Path, needle: bytes) -> list[str]:
+    return sorted(p.name for p in root.rglob("*") if p.is_file() and needle in p.read_bytes())
+
+
+def test_a_purge_leaves_no_byte_of_deleted_or_superseded_records(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((40, 8)).astype(np.float32)
+    gone_vector = vectors[7].tobytes()
+    path = tmp_path / "state"
+    with StateDB(path) as db:
+        ids = [f"item-{i:02d}" for i in range(40)]
+        ids[7] = "x~2b8e41!away"  # its 4-byte windows occur nowhere else (see test_forget.py)
+        db.items.put_many(ids, vectors, encoder_version="v", ts=0)
+        for n in range(30):
+            db.users.put(f"user-{n:02d}", None, record=b'{"user":"' + bytes([65 + n]) * 8 + b'"}')
+        db.users.put("u~7f3a9c!gone", None, record=b'{"medoid":"x~2b8e41!away"}')
+        db.users.put("user-05", None, record=b'{"old":"~c05d17!"}')
+        db.flush()  # the records reach SST files
+        db.users.put("user-05", None, record=b'{"new":"record"}')  # supersedes the old one
+        db.users.delete("u~7f3a9c!gone")
+        db.items.delete("x~2b8e41!away")
+        db.flush()
+        for needle in (b"~7f3a9c!", b"~2b8e41!", b"~c05d17!", gone_vector):
+            assert _files_holding(path, needle), needle  # there, before the purge
+
+        db.purge(items=True, users=True)
+        for needle in (b"~7f3a9c!", b"~2b8e41!", b"~c05d17!", gone_vector):
+            assert not _files_holding(path, needle), (needle, _files_holding(path, needle))
+        # Hex too: RocksDB's info log writes keys so.
+        assert not _files_holding(path, b"u~7f3a9c!gone".hex().upper().encode())
+        assert db.users.record("user-05") == b'{"new":"record"}' and len(db.users) == 30
+        assert len(db.items) == 39 and "item-08" in db.items
+    with StateDB(path) as reopened:  # intact after the purge
+        found, matrix = reopened.items.vectors(["item-08", "x~2b8e41!away"])
+        assert found == ["item-08"] and np.array_equal(matrix[0], vectors[8])

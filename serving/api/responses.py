@@ -3,8 +3,8 @@ validated again (validating our own output cost ~10% of a request), encoded by o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from fastapi.responses import JSONResponse
@@ -68,12 +68,24 @@ class AnInterest(Protocol):
 
 
 def interest_out(interest: AnInterest, rm: ReadModels) -> dict[str, Any]:
-    """An ``InterestOut`` as a dict with every field (sent without re-validation)."""
-    info = rm.catalog.get(interest.medoid)
+    """An ``InterestOut`` as a dict with every field (sent without re-validation); members no
+    longer in the catalog (deleted) are left out."""
+    catalog = rm.catalog
+    info = catalog.get(interest.medoid)
     return {
         "medoid": interest.medoid,
         "title": info.title if info else "",
         "importance": round(interest.importance, 6),
         "size": interest.size,
-        "members": list(interest.members),
+        "members": [m for m in interest.members if m in catalog],
     }
+
+
+Interest = TypeVar("Interest", bound=AnInterest)
+
+
+def live_interests(interests: Iterable[Interest], rm: ReadModels) -> list[Interest]:
+    """The interests whose medoid is still in the catalog. A record names a deleted item until
+    the interests worker publishes the user's record again without it (within seconds)."""
+    catalog = rm.catalog
+    return [i for i in interests if i.medoid in catalog]

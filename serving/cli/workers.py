@@ -69,6 +69,14 @@ def worker_interests(
             "it go to dead-letters.",
         ),
     ] = InterestsWorkerConfig.max_parked_per_user,
+    purge_every: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Purge the local stores of forgotten data (deleted users and items) at most "
+            "this often (s); a purge compacts them whole.",
+        ),
+    ] = InterestsWorkerConfig.purge_every_s,
     # The engine's options default to None (the engine's own default, which the help shows).
     window_days: Annotated[
         float | None,
@@ -153,6 +161,7 @@ def worker_interests(
         batch_size=batch_size,
         batch_within_s=batch_within,
         max_parked_per_user=max_parked_per_user,
+        purge_every_s=purge_every,
         event_loop=event_loop.value,
         engine_in=engine_in.value,
         published_state=published_state.value,

@@ -206,6 +206,8 @@ class ReadModels:
                 self._items.apply(tp, records, b)
             for tp, records in by_topic.get(USER_INTERESTS.name, []):
                 self._users.apply(tp, records, b)
+                if any(m.value is None for m in records):  # a user deleted
+                    self._snapshots.forgot(users=True)
             # The item materializer writes its partitions' offsets itself.
             self.db.offsets.commit(
                 {
@@ -230,6 +232,7 @@ class ReadModels:
         self.recommender.items_changed(vectors, bulk=not self.ready or len(vectors) > _BULK_UPSERT)
 
     def _items_deleted(self, item_ids: list[str]) -> None:
+        self._snapshots.forgot(items=True)
         if self.recommender is not None:
             self.recommender.items_deleted(item_ids)
         else:

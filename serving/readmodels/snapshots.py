@@ -5,6 +5,14 @@ popularity model (with the ``engagements`` offsets), and flushes RocksDB (the it
 stores, whose offsets commit with their writes). A restart restores the newest intact
 snapshots, rebuilds the catalog from the item store, and replays only the tail of each topic
 (replaying a compacted record twice is harmless: the last one wins).
+
+Deletes leave nothing behind: the index file carries no deleted vector, popularity only live
+items. The snapshot after an item's delete keeps no older generation (they hold the item) and
+purges the item store; the snapshot after a user's or an item's delete, and the one after it
+(which sees the records the interests worker republishes without a deleted item), purge the
+user stores (`StateDB.purge`: their deleted and superseded records leave the files). That a
+purge is owed is kept in the store (``StateDB.mark_purge_due``): a replica stopped or killed
+before it purges both stores at its first snapshot after the restart.
 """
 
 from __future__ import annotations
@@ -40,11 +48,25 @@ class Snapshots:
         self.db = db
         self.items = items
         self.engagements = engagements
+        # Snapshots still to purge the item store / the user stores (see the module docstring).
+        self._purge_items = 0
+        self._purge_users = 0
+
+    def forgot(self, *, items: bool = False, users: bool = False) -> None:
+        """Items (``items``) or users (``users``) were deleted since the last snapshot."""
+        if not (self._purge_items or self._purge_users):
+            self.db.mark_purge_due()
+        if items:
+            self._purge_items = 1
+        if items or users:
+            self._purge_users = 2
 
     def restore(self) -> dict[str, int]:
         """Local state back from RocksDB and the newest intact snapshots; the offsets
         (``"topic:partition"``) to resume consuming from."""
         cfg = self.config
+        if self.db.purge_due:  # owed by the last run: its deletes may be on disk still
+            self._purge_items = self._purge_users = 1
         offsets = {
             k: v
             for k, v in self.db.offsets.load().items()
@@ -92,14 +114,19 @@ class Snapshots:
         the ``"topic:partition"`` positions applied); flush RocksDB."""
         cfg = self.config
         offsets = dict(positions)
+        purge_items, purge_users = self._purge_items > 0, self._purge_users > 0
+        # Older generations hold deleted items: none is kept past an item's delete.
+        keep = 1 if purge_items else cfg.snapshot_keep
         index = self.items.index
         if index is not None:
             item_offsets = {
                 k: v for k, v in offsets.items() if k.startswith(ITEM_EMBEDDINGS.name + ":")
             }
-            index.snapshot(cfg.data_dir / "index", item_offsets, keep=cfg.snapshot_keep)
+            index.snapshot(cfg.data_dir / "index", item_offsets, keep=keep)
         pop_offsets = {k: v for k, v in offsets.items() if k.startswith(ENGAGEMENTS.name + ":")}
-        blob = self.engagements.popularity.to_bytes()
+        # Live items only: a deleted item engaged with after its delete is counted again.
+        catalog = self.items.catalog
+        blob = self.engagements.popularity.to_bytes(keep=catalog.__contains__)
 
         def write_files(tmp: Path) -> None:
             (tmp / _POPULARITY_FILE).write_bytes(blob)
@@ -108,6 +135,12 @@ class Snapshots:
             cfg.data_dir / "popularity",
             write_files,
             {"format": "recstream.popularity", "offsets": pop_offsets},
-            keep=cfg.snapshot_keep,
+            keep=keep,
         )
         self.db.flush()
+        if purge_items or purge_users:
+            self.db.purge(items=purge_items, users=purge_users)
+            self._purge_items -= purge_items
+            self._purge_users -= purge_users
+            if not (self._purge_items or self._purge_users):
+                self.db.mark_purge_due(False)

@@ -11,10 +11,11 @@ is what faust does per changelog record.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from stores.forgetting import forgetful
 from streams.faust_runtime.outbox import Outbox
 
 END_MARKER_KEY = "\x00recstream:end-of-batch"
@@ -45,9 +46,16 @@ class UnloggedRocksDB:
         self._options = options
 
     def open(self, path: Path, *, read_only: bool = False) -> Any:
-        from rocksdict import WriteOptions
+        """faust's ``RocksDBOptions.open`` (rocksdict), with `forgetful` options: a purge
+        (`stores.forgetting.purge`) leaves no trace of a deleted row in the files."""
+        from rocksdict import AccessType, Rdict, ReadOptions, WriteOptions
 
-        db = self._options.open(path, read_only=read_only)
+        options = self._options
+        access = (
+            AccessType.read_write() if options.ttl is None else AccessType.with_ttl(options.ttl)
+        )
+        db = Rdict(str(path), options=forgetful(options.as_options()), access_type=access)
+        db.set_read_options(ReadOptions())
         unlogged = WriteOptions()
         unlogged.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; stub says method
         db.set_write_options(unlogged)
@@ -126,3 +134,44 @@ def set_persisted_offsets(
         offset = written.get((topic, partition))
         if offset is not None:
             table.data.set_persisted_offset(TP(topic, partition), offset)
+
+
+class PartitionEvent:
+    """What faust reads of its "current event" to write a table: the source topic and the
+    partition (which selects the partition's store and the changelog partition). Set as the
+    current event (``faust.streams._current_event``, a weak reference: keep this alive) to write
+    a table outside stream iteration, on behalf of a key of that partition."""
+
+    __slots__ = ("__weakref__", "partition", "topic")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic = topic
+        self.partition = partition
+
+    @property
+    def message(self) -> PartitionEvent:
+        return self
+
+
+def assigned_stores(table: Any) -> list[tuple[int, Any]]:
+    """(partition, RocksDB database) of each partition of ``table`` assigned to this worker
+    (standbys excluded), as faust's RocksDB store holds them."""
+    from faust.types import TP
+
+    store = table.data
+    actives = table.app.assignor.assigned_actives()
+    topic = table.changelog_topic.get_topic_name()
+    return [(p, db) for p, db in list(store._dbs.items()) if TP(topic, p) in actives]
+
+
+def store_of(table: Any, partition: int) -> Any | None:
+    """The RocksDB database of ``table``'s ``partition`` while faust holds it open, else None."""
+    return table.data._dbs.get(partition)
+
+
+def stored_rows(table: Any, db: Any) -> Iterator[tuple[Any, Any]]:
+    """The (key, value) rows of one of ``table``'s partition databases, decoded as the table
+    reads them."""
+    store = table.data
+    for key, value in store._visible_items(db):
+        yield store._decode_key(key), store._decode_value(value)

@@ -14,7 +14,7 @@ from serving.api.openapi import problem_responses
 from serving.api.parameters import Category, K, UserId
 from serving.api.problems import ProblemError
 from serving.api.projection import projection
-from serving.api.responses import FastJSONResponse, interest_out, item_out
+from serving.api.responses import FastJSONResponse, interest_out, item_out, live_interests
 from serving.recommend import Recommendations
 
 router = APIRouter()
@@ -100,7 +100,7 @@ async def interests(
         "n_actions": record.n_actions,
         "last_event_ts": record.last_event_ts,
         "updated_ms": record.updated_ms,
-        "interests": [interest_out(i, rm) for i in record.interests],
+        "interests": [interest_out(i, rm) for i in live_interests(record.interests, rm)],
     }
     if profile is not None and profile.applied_ms:
         out["applied_ms"] = profile.applied_ms

@@ -18,9 +18,15 @@ One faust app (``recstream worker interests``):
   re-publishes the parked events to ``engagements`` (same key, same event id), and the agent
   applies them like any other event. Idempotence by event id makes every redelivery harmless.
 - ``item_deleted`` reaches this worker as a tombstone on ``item-embeddings``: the item leaves
-  the item store and joins a deleted set; each user's state drops deleted items **lazily, at the
-  user's next event** (the serving side never returns deleted items in any case).
-- ``user_deleted`` empties the user's state and publishes a tombstone to ``user-interests``.
+  the item store and joins a deleted set; the **sweep** (``sweep``, from the housekeeping timer)
+  rewrites every stored state of the assigned partitions that names it and publishes the
+  user's record again, and drops parked engagements on it. After every recovery of the tables
+  the sweep checks all assigned states against the item store.
+- ``user_deleted`` empties the user's state, deletes its rows (``interests``, ``parked``) and
+  publishes a tombstone to ``user-interests``.
+- The local stores that held forgotten rows are purged (``purge``: flush, full compaction,
+  MANIFEST rolled), at most every ``--purge-every`` seconds; a purge owed at a stop or a crash
+  is done after the next start's recovery.
 - Bad messages go to ``dead-letters`` with the reason.
 
 Guarantee: at-least-once from Kafka, exactly-once in effect: each stored state carries the
@@ -40,6 +46,7 @@ collections walk only what is new (``streams.faust_runtime.heap.FreezeSurvivors`
 Modules: ``worker`` (``InterestsWorker``: the agent, the batch loop, the process's run),
 ``app`` (the faust app, its topics and tables), ``config``, ``metrics``, ``item_feed``,
 ``planning`` (each user's job), ``parking``, ``delivery`` (records out confirmed before acks,
-dead letters), ``lag``, ``recovery`` (after a crash), ``engine_process``. Nothing is imported
+dead letters), ``lag``, ``recovery`` (after a crash), ``sweep`` (deleted items out of the
+stored states), ``purge`` (the local stores' files), ``engine_process``. Nothing is imported
 here: the engine process's child imports this package and needs none of the worker.
 """

@@ -37,6 +37,9 @@ class InterestsWorkerConfig:
     # "view" (actions, assignments) or "full" (bit-exact), for tools that replay the engine.
     published_state: str = "none"
     commit_interval_s: float = 1.0
+    # Local stores that held forgotten data (a deleted user, a deleted item) are purged at most
+    # this often (s): a purge compacts them whole (see streams.workers.interests.purge).
+    purge_every_s: float = 60.0
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can reach it
     event_loop: str = "uvloop"  # or "asyncio"; uvloop falls back to asyncio when missing
@@ -53,8 +56,10 @@ class InterestsWorkerConfig:
             )
         if self.event_loop not in EVENT_LOOPS:
             raise ValueError(f"event_loop must be uvloop or asyncio: {self.event_loop!r}")
-        if self.full_gc_every_s < 0 or self.batch_within_s <= 0:
-            raise ValueError("full_gc_every_s must be >= 0 and batch_within_s > 0")
+        if self.full_gc_every_s < 0 or self.batch_within_s <= 0 or self.purge_every_s < 0:
+            raise ValueError(
+                "full_gc_every_s and purge_every_s must be >= 0 and batch_within_s > 0"
+            )
         if self.engine_in not in ENGINES:
             raise ValueError(f"engine_in must be process or local: {self.engine_in!r}")
         if self.chunk_users < 1 or self.state_cache_users < 1:

@@ -5,8 +5,8 @@ Every worker reads *all* partitions of ``item-embeddings`` into its own RocksDB 
 an LRU in front); the agent starts only once the feed has caught up with the topic ends seen at
 start. The records are written by the shared materializer (``streams.item_embeddings``); here
 a rejected record is logged and skipped, a tombstone (``item_deleted``) also puts the item into
-``deleted``, and an arrived item is noted in ``arrived``, for the parked events that wait for
-it.
+``deleted`` and ``gone`` (for the sweep of the stored states), and an arrived item is noted in
+``arrived``, for the parked events that wait for it.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class ItemFeed:
         self.deleted: set[str] = set()
         self.ready = asyncio.Event()
         self.arrived: list[str] = []  # item ids that got an embedding since last drained
+        self.gone: list[str] = []  # item ids deleted since last drained (the sweep's)
 
     def lookup(self, ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
         return self.vectors.vectors(ids)
@@ -114,3 +115,4 @@ class ItemFeed:
         self.deleted.difference_update(arrived)
         self.deleted.update(changes.deleted)
         self.arrived.extend(arrived)
+        self.gone.extend(changes.deleted)

@@ -62,3 +62,18 @@ class WorkerMetrics:
             "Item embeddings known to this worker",
             registry=registry,
         )
+        self.swept = Counter(
+            "recstream_interest_swept_states_total",
+            "Stored states rewritten (and republished) without the deleted items they named",
+            registry=registry,
+        )
+        self.to_purge = Gauge(
+            "recstream_interest_stores_to_purge",
+            "Local stores holding forgotten data until their next purge",
+            registry=registry,
+        )
+        self.purges = Counter(
+            "recstream_interest_purges_total",
+            "Purges of the local stores (flush, full compaction, MANIFEST rolled)",
+            registry=registry,
+        )

@@ -97,6 +97,23 @@ class Planner:
         self._sent_deleted = set(now)
         return deleted, undeleted
 
+    def plan_sweep(self, user_id: str, row: bytes, context: Any, vectors: BatchVectors) -> Planned:
+        """A job with no event for a user whose stored ``row`` names a deleted item: the engine
+        drops the item (as at the user's next event) and answers with the state and record,
+        written back under the row's position. ``context`` stands for the user's event (the
+        partition the table writes go to). Adds the vectors the job needs to ``vectors``."""
+        held, evicted = self.held.touch(user_id)
+        for gone in evicted:
+            self.positions.pop(gone, None)
+        stored: bytes | None = None
+        if not held:
+            stored = row[STATE_POSITION.size :]
+            missing = [i for i in InterestClusters.items_in(stored) if i not in vectors.rows]
+            vectors.add(*self.feed.lookup(missing))
+        position = STATE_POSITION.unpack_from(row)
+        self.positions[user_id] = position
+        return Planned(user_id, [(context, None)], stored, False, [], True, position)
+
     async def plan_user(
         self,
         user_id: str,
@@ -159,6 +176,9 @@ class Planner:
                 vectors.add(*self.feed.lookup([ev.item_id]))
                 row = rows.get(ev.item_id)
             parked.pop(ev.event_id, None)
+            if row is None and ev.item_id in self.feed.deleted:
+                outcomes["deleted_item"] += 1  # its item is gone: nothing to wait for
+                continue
             if row is None:
                 outcomes["parked"] += 1
                 await self.parking.park(user_id, parked, ev)

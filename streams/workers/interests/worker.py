@@ -14,12 +14,14 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, NamedTuple, cast
 
+import numpy as np
+
 from stores.kv import StateDB
 from streams.faust_runtime.batching import take_waiting
 from streams.faust_runtime.event_loop import use_event_loop
 from streams.faust_runtime.heap import FreezeSurvivors
 from streams.faust_runtime.outbox import Outbox
-from streams.faust_runtime.tables import outbox_table
+from streams.faust_runtime.tables import PartitionEvent, outbox_table
 from streams.schemas import Engagement, InvalidEvent
 from streams.settings import KafkaSettings
 from streams.topics import ENGAGEMENTS, USER_INTERESTS
@@ -28,6 +30,7 @@ from streams.workers.interests.config import InterestsWorkerConfig
 from streams.workers.interests.delivery import Delivery, ackable
 from streams.workers.interests.engine_process import (
     ENGINES,
+    FORGET,
     Batch,
     EngineProcess,
     EngineProcessError,
@@ -45,10 +48,12 @@ from streams.workers.interests.planning import (
     Planner,
     engagement_or_error,
 )
+from streams.workers.interests.purge import StorePurges
 from streams.workers.interests.recovery import (
     forget_local_tables_after_crash,
     mark_clean_shutdown,
 )
+from streams.workers.interests.sweep import ItemSweep
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +82,7 @@ class InterestsWorker:
         self.metrics = metrics or WorkerMetrics()
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        forget_local_tables_after_crash(cfg.data_dir)
+        rebuilt = forget_local_tables_after_crash(cfg.data_dir)
         # Changelog and user-interests records of the current batch, sent together after it.
         self.outbox = Outbox(settings, client_id=f"{cfg.app_id}-outbox")
         # (table, changelog partition) written in the current batch: end markers, offsets.
@@ -86,6 +91,7 @@ class InterestsWorker:
         self.app = declared.app
         self.engagements = declared.engagements
         self.states = declared.states
+        self.parked = declared.parked
         self.delivery = Delivery(
             self.outbox,
             touched,
@@ -94,6 +100,8 @@ class InterestsWorker:
             one_record_batches=settings.one_record_batches,
         )
         self.items_db = StateDB(cfg.data_dir / "items")
+        if rebuilt:  # the changelogs replay superseded rows of what was forgotten
+            self.items_db.mark_purge_due()
         self.feed = ItemFeed(settings, self.items_db, cfg.item_cache_vectors)
         self.parking = Parking(
             declared.parked,
@@ -105,6 +113,11 @@ class InterestsWorker:
         )
         declared.parked.on_recover(self.parking.on_recovered)
         self.planner = Planner(self.states, self.feed, self.parking, cfg.state_cache_users)
+        self.sweep = ItemSweep(self.states, self.parked, self.feed)
+        declared.states.on_recover(self._on_states_recovered)
+        self.purges = StorePurges(self.items_db, self.metrics, cfg.purge_every_s)
+        # Held while a batch or a sweep writes: one writer of the tables and the engine.
+        self._writing = asyncio.Lock()
         self.lag = ConsumerLag(self.app, self.metrics.lag)
         self._engine: EngineProcess | LocalEngine | None = None
         # Engagements decoded as they are taken, by (partition, offset) until processed (a
@@ -134,6 +147,13 @@ class InterestsWorker:
         if self._agent_ready and self._assigned and not self._consuming:
             self._consuming = True
             self.metrics.consuming_since.set_to_current_time()
+
+    async def _on_states_recovered(self) -> None:
+        # States of these partitions may name items deleted while they were elsewhere.
+        self.sweep.on_recovered()
+        if self.purges.owed_at_start:  # once, for what the last run did not purge
+            self.purges.owed_at_start = False
+            self.purges.note_all([self.states, self.parked])
 
     async def _on_revoked(self, app: Any, *args: Any, **kwargs: Any) -> None:
         # Another worker may own these users next: forget what we cached about them.
@@ -178,15 +198,16 @@ class InterestsWorker:
                 stream, self.config.batch_size, self.config.batch_within_s
             ):
                 self.metrics.batch_size.observe(len(events))
-                try:
-                    undone = await self.process(events)
-                except EngineProcessError as exc:
-                    # No state can be applied without it: stop the worker (a supervisor starts
-                    # it again; nothing unconfirmed was acked).
-                    log.critical("%s: stopping the worker", exc)
-                    await self.app.crash(exc)
-                    raise
-                await self.delivery.confirm()
+                async with self._writing:
+                    try:
+                        undone = await self.process(events)
+                    except EngineProcessError as exc:
+                        # No state can be applied without it: stop the worker (a supervisor
+                        # starts it again; nothing unconfirmed was acked).
+                        log.critical("%s: stopping the worker", exc)
+                        await self.app.crash(exc)
+                        raise
+                    await self.delivery.confirm()
                 if undone:
                     # Not acked, so not committed: the rebalance seeks every partition back to
                     # its committed offset and they come again, to whoever owns them then.
@@ -200,6 +221,8 @@ class InterestsWorker:
 
     async def _housekeeping(self) -> None:
         await self.parking.republish_arrived()
+        await self.sweep_deleted_items()
+        await self.purges.run_due()
         await self.lag.update()
         self.metrics.items.set(self.items_db.items.estimated_len())
 
@@ -324,8 +347,12 @@ class InterestsWorker:
                 refused.append((plan, result.rejected))
             if result.blob is None and not result.empty:
                 continue  # nothing changed
-            _current_event.set(weakref.ref(plan.pairs[-1][0]))
+            event = plan.pairs[-1][0]
+            _current_event.set(weakref.ref(event))
             user_id = plan.user_id
+            if FORGET in plan.ops:  # a deleted user: their old rows must leave the files
+                self.purges.note_partition(self.states, event.message.partition)
+                self.purges.note_partition(self.parked, event.message.partition)
             if result.empty:
                 self.planner.forget_user(user_id)
                 if user_id in self.states:
@@ -345,6 +372,70 @@ class InterestsWorker:
         for plan, rejected in refused:  # after the writes: no await among them
             await self.delivery.dead_letter_rejected(plan.pairs, rejected)
         return []
+
+    # -- deleted items ------------------------------------------------------------------
+
+    async def sweep_deleted_items(self) -> None:
+        """Rewrite every stored state of the assigned partitions that names a deleted item
+        (``sweep``), publish its user's record again, and drop parked engagements on deleted
+        items; the stores written are noted for a purge."""
+        sweep = self.sweep
+        if not (sweep.due and self._agent_ready and self._assigned):
+            return
+        async with self._writing:
+            app = self.app
+            if not app.flow_control.is_active():
+                return  # a rebalance: the recovery that ends it asks for a full check
+            rebalances = app.rebalancing_count
+            items, check_all = sweep.take()
+            if items:
+                self.purges.note_items()
+            affected = sweep.affected(items, check_all)
+            contexts: dict[int, PartitionEvent] = {}
+
+            def context(partition: int) -> PartitionEvent:
+                return contexts.setdefault(partition, PartitionEvent(ENGAGEMENTS.name, partition))
+
+            from faust.streams import _current_event
+
+            for partition, user_id, kept in affected.parked:
+                _current_event.set(weakref.ref(cast(Any, context(partition))))
+                self.parking.store(user_id, kept, len(self.parking.of(user_id)))
+                self.purges.note_partition(self.parked, partition)
+            size = self.config.chunk_users
+            for start in range(0, len(affected.states), size):
+                part = affected.states[start : start + size]
+                vectors = BatchVectors([], np.zeros((0, 0), dtype=np.float32))
+                planned = [
+                    self.planner.plan_sweep(user_id, row, context(partition), vectors)
+                    for partition, user_id, row in part
+                ]
+                jobs = [
+                    UserJob(p.user_id, p.stored, p.fresh, p.ops, p.redelivered) for p in planned
+                ]
+                deleted, undeleted = self.planner.deleted_since_sent()
+                batch = Batch(jobs, vectors.ids, vectors.matrix(), deleted, undeleted)
+                chunk = _Chunk(planned, self.engine.apply(batch), Tally(), time.perf_counter())
+                try:
+                    undone = await self._finish_chunk(chunk, rebalances, Tally())
+                except EngineProcessError as exc:  # as in the agent: a supervisor restarts it
+                    log.critical("%s: stopping the worker", exc)
+                    await self.app.crash(exc)
+                    raise
+                if undone:
+                    sweep.retry(items, check_all)  # a rebalance began: nothing was written
+                    break
+                for partition, _, _ in part:
+                    self.purges.note_partition(self.states, partition)
+                self.metrics.swept.inc(len(part))
+            await self.delivery.confirm()
+        if affected.states or affected.parked:
+            log.info(
+                "swept %d deleted items from %d states and %d users' parked engagements",
+                len(items),
+                len(affected.states),
+                len(affected.parked),
+            )
 
     # -- running ------------------------------------------------------------------------
 
@@ -376,6 +467,7 @@ class InterestsWorker:
                 heap.uninstall()
             engine.stop()
             self._engine = None
+            self.purges.close()
             self.items_db.close()
             if clean:
                 mark_clean_shutdown(cfg.data_dir)
