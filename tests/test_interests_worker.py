@@ -331,7 +331,9 @@ def test_deleted_items_are_swept_from_stored_states_and_parking_is_bounded(
         with StateDB(tmp_path / "w" / "items") as items:
             items.items.delete("i2")
         proc = start_interests_worker(
-            fresh_broker.bootstrap_servers, tmp_path / "w", extra=["--metrics-port", str(port)]
+            fresh_broker.bootstrap_servers,
+            tmp_path / "w",
+            extra=[*VIEWS, "--metrics-port", str(port)],
         )
         wait_for(
             lambda: seen() == {"i0", "i3"}, 60, what="i2 swept after the restart", alive=[proc]
