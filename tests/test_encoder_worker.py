@@ -58,11 +58,21 @@ def test_items_become_embeddings_with_dim_and_version(
         pub.publish(Item(item_id="own", text="precomputed", embedding=own.tolist(), ts=99))
         pub.publish(Item(item_id="wrong-dim", text="x", embedding=[1.0, 2.0], ts=99))
         pub.send(ITEMS.name, b'{"type":"item","v":1}', key=b"broken")
+        pub.send(ITEMS.name, b"", key=b"empty")
+        pub.send(ITEMS.name, None, key=b"null")
         pub.publish(ItemDeleted(item_id="i3", ts=100))
 
     worker = EncoderWorker(settings, tiny_encoder, max_batch=16)
     try:
-        run_until(worker, lambda s: s.embedded == 40 and s.deleted == 1 and s.dead_lettered == 1)
+        run_until(
+            worker,
+            lambda s: (
+                s.embedded == 40
+                and s.deleted == 1
+                and s.dead_lettered == 1
+                and worker._consumer.dead_letters.count == 4  # with the consumer's own
+            ),
+        )
     finally:
         worker.close()
     assert worker.stats.passed_through == 1
@@ -93,10 +103,15 @@ def test_items_become_embeddings_with_dim_and_version(
         for r in read_topic(settings, DEAD_LETTERS.name, idle_timeout_s=1.0)
     ]
     reasons = sorted(letter.reason for letter in letters)
-    assert len(reasons) == 2
+    assert len(reasons) == 4
     assert any("dim 2" in r for r in reasons)
     assert any("missing field 'item_id'" in r for r in reasons)
-    assert json.loads(letters[0].original())  # original bytes kept
+    assert {(x.key_b64, x.reason) for x in letters if x.reason.startswith("empty")} == {
+        ("ZW1wdHk=", "empty message (zero-length value)"),
+        ("bnVsbA==", "empty message (null value)"),
+    }
+    broken = next(x for x in letters if "missing field" in x.reason)
+    assert broken.original() == b'{"type":"item","v":1}'  # original bytes kept
 
 
 def test_real_pretrained_encoder_through_the_worker(fresh_broker: EmbeddedBroker) -> None:
