@@ -289,6 +289,11 @@ class EmbeddedBroker:
         return None
 
     @property
+    def pid(self) -> int | None:
+        """tansu's process id once started (None once stopped): what a fault test freezes."""
+        return None if self._proc is None else self._proc.pid
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

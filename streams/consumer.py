@@ -3,7 +3,9 @@
 Used by the encoder worker and the serving read models. Valid messages come back as
 ``Accepted`` (with the decoded event); invalid ones go to ``dead-letters`` with the original
 bytes, the reason and their topic/partition/offset, and the consumer goes on. A tombstone
-(null value) on a compacted topic is accepted with ``event=None``.
+(null value, keyed) on a compacted topic is accepted with ``event=None``; an empty message
+anywhere else, a keyless tombstone included, is dead-lettered. Each poll's letters are settled
+(written, or their loss logged) before it returns, so a commit after it never passes one.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from streams.deadletters import DeadLetters
-from streams.schemas import InvalidEvent, decode_for_topic
+from streams.deadletters import DeadLetters, letter_producer
+from streams.schemas import InvalidEvent, decode_for_topic, tombstone_key
 from streams.settings import KafkaSettings
-from streams.topics import BY_NAME, DEAD_LETTER_MAX_BYTES
+from streams.topics import BY_NAME
 
 
 @dataclass(frozen=True)
@@ -26,14 +28,6 @@ class Accepted:
     timestamp: int
     key: bytes | None
     event: Any  # a schemas model, or None for a tombstone on a compacted topic
-
-
-class _ProducerSender:
-    def __init__(self, producer: Any) -> None:
-        self._producer = producer
-
-    def send(self, topic: str, value: bytes | None, *, key: bytes | None) -> Any:
-        return self._producer.send(topic, value=value, key=key)
 
 
 class ValidatingConsumer:
@@ -50,7 +44,7 @@ class ValidatingConsumer:
         dead_letters: DeadLetters | None = None,
         **consumer_options: Any,
     ) -> None:
-        from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+        from kafka import KafkaConsumer, TopicPartition
 
         self.topics = list(topics)
         opts: dict[str, Any] = dict(
@@ -76,10 +70,8 @@ class ValidatingConsumer:
             self._consumer.subscribe(self.topics)
         self._own_producer = None
         if dead_letters is None:
-            self._own_producer = KafkaProducer(
-                **settings.kafka_python(), linger_ms=5, max_request_size=DEAD_LETTER_MAX_BYTES
-            )
-            dead_letters = DeadLetters(_ProducerSender(self._own_producer), rejected_by=rejected_by)
+            self._own_producer = letter_producer(settings)
+            dead_letters = DeadLetters(self._own_producer, rejected_by=rejected_by)
         self.dead_letters = dead_letters
 
     @property
@@ -90,15 +82,15 @@ class ValidatingConsumer:
     def poll(self, timeout_ms: int = 500, max_records: int | None = None) -> list[Accepted]:
         batch = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         out: list[Accepted] = []
-        rejected_before = self.dead_letters.count
         for tp, records in batch.items():
             compacted = tp.topic in BY_NAME and BY_NAME[tp.topic].compacted
             for m in records:
-                if m.value is None and compacted:
-                    out.append(Accepted(tp.topic, tp.partition, m.offset, m.timestamp, m.key, None))
-                    continue
                 try:
-                    event = decode_for_topic(tp.topic, m.value)
+                    if m.value is None and compacted:
+                        tombstone_key(m.key)
+                        event = None  # a delete
+                    else:
+                        event = decode_for_topic(tp.topic, m.value)
                 except InvalidEvent as exc:
                     self.dead_letters.reject(
                         m.value,
@@ -110,8 +102,7 @@ class ValidatingConsumer:
                     )
                     continue
                 out.append(Accepted(tp.topic, tp.partition, m.offset, m.timestamp, m.key, event))
-        if self._own_producer is not None and self.dead_letters.count > rejected_before:
-            self._own_producer.flush()
+        self.dead_letters.settle()
         return out
 
     def commit(self) -> None:
@@ -121,8 +112,8 @@ class ValidatingConsumer:
         try:
             self._consumer.close()
         finally:
+            self.dead_letters.settle()
             if self._own_producer is not None:
-                self._own_producer.flush()
                 self._own_producer.close()
 
     def __enter__(self) -> ValidatingConsumer:

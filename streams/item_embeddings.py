@@ -6,7 +6,8 @@ interests worker's item feed and the serving read models.
 next offset into one `Batch`:
 
 - each ``item_embedding`` record is decoded (the vector checked against its ``dim``); for an
-  item the partition's last record wins, a tombstone (keyed by the item id) deletes it;
+  item the partition's last record wins, a tombstone (keyed by the item id) deletes it (one
+  without a key, or with a key that is not UTF-8, is rejected);
 - an item store holds one dimension: a record of another is rejected. The reader says which
   dimension holds (the worker its item store's, serving its index's); none yet: the first
   record applied fixes it;
@@ -27,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from stores import Batch, ItemStore, OffsetStore, normalize_rows
-from streams.schemas import InvalidEvent, ItemEmbedding, decode_for_topic
+from streams.schemas import InvalidEvent, ItemEmbedding, decode_for_topic, tombstone_key
 
 
 class Record(Protocol):
@@ -91,11 +92,10 @@ def materialize(
     last = -1
     for m in records:
         last = m.offset
-        if m.value is None:
-            if m.key:
-                latest[m.key.decode()] = None
-            continue
         try:
+            if m.value is None:
+                latest[tombstone_key(m.key)] = None
+                continue
             rec = decode_for_topic(topic, m.value)
             vector = rec.array()  # checks the vector against its dim
         except InvalidEvent as exc:

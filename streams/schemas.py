@@ -359,7 +359,13 @@ def user_interests_json(
 
 
 class DeadLetter(BaseModel):
-    """Value of ``dead-letters``: the original bytes (base64) and why they were rejected."""
+    """Value of ``dead-letters``: the original bytes (base64) and why they were rejected.
+
+    A letter has a bounded size (``streams.deadletters``): of an original too large for it,
+    ``value_b64`` holds the first bytes only and ``truncated`` is set; ``original_size`` and
+    ``original_sha256`` always describe the whole original (None for a null value, and in
+    letters written before they existed). ``key_truncated``: ``key_b64`` holds a prefix.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -373,6 +379,10 @@ class DeadLetter(BaseModel):
     value_b64: str
     rejected_by: str
     rejected_ms: int
+    original_size: int | None = None
+    original_sha256: str | None = None  # hex
+    truncated: bool = False
+    key_truncated: bool = False
 
     def original(self) -> bytes:
         return pybase64.b64decode(self.value_b64)
@@ -406,6 +416,8 @@ def decode_event(raw: bytes | None, *, allowed: tuple[str, ...] | None = None) -
     """Parse and validate one message; raise ``InvalidEvent`` with a precise reason."""
     if raw is None:
         raise InvalidEvent("empty message (null value)")
+    if not raw:
+        raise InvalidEvent("empty message (zero-length value)")
     if len(raw) > MAX_MESSAGE_BYTES:
         raise InvalidEvent(f"message too large: {len(raw)} bytes > {MAX_MESSAGE_BYTES}")
     try:
@@ -441,6 +453,17 @@ def decode_event(raw: bytes | None, *, allowed: tuple[str, ...] | None = None) -
 
 def decode_for_topic(topic: str, raw: bytes | None) -> Any:
     return decode_event(raw, allowed=TYPES_BY_TOPIC.get(topic))
+
+
+def tombstone_key(key: bytes | None) -> str:
+    """The id a tombstone (null value on a compacted topic) deletes: its key, which must be
+    there and be UTF-8; else ``InvalidEvent``."""
+    if not key:
+        raise InvalidEvent("empty message (tombstone without a key)")
+    try:
+        return key.decode()
+    except UnicodeDecodeError:
+        raise InvalidEvent("tombstone key is not UTF-8") from None
 
 
 def parse_event_obj(obj: dict[str, Any]) -> Any:

@@ -35,8 +35,11 @@ ENGAGEMENTS = TopicSpec("engagements", 8, key="user_id")
 ITEMS = TopicSpec("items", 4, key="item_id")
 ITEM_EMBEDDINGS = TopicSpec("item-embeddings", 4, key="item_id", config=dict(_COMPACT))
 USER_INTERESTS = TopicSpec("user-interests", 8, key="user_id", config=dict(_COMPACT))
-# Dead letters carry the original bytes (base64) of messages up to MAX_MESSAGE_BYTES and more.
-DEAD_LETTER_MAX_BYTES = 8 << 20
+# One size limit for dead letters, whoever sends them: the smallest that any client or broker
+# here allows by default (faust's producer: 1,000,000 bytes; Kafka's 1 MiB). Every producer of
+# letters is set to it, and so is the topic; a letter's JSON stays 64 KiB under it whatever the
+# original (streams.deadletters), so it fits even a dead-letters topic created with defaults.
+DEAD_LETTER_MAX_BYTES = 1_000_000
 DEAD_LETTERS = TopicSpec(
     "dead-letters", 1, key="source topic", config={"max.message.bytes": str(DEAD_LETTER_MAX_BYTES)}
 )

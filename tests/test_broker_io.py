@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from serving.datasets.generated import generate, write
 from streams.broker import EmbeddedBroker
 from streams.consumer import ValidatingConsumer
+from streams.deadletters import MAX_ORIGINAL_BYTES
 from streams.publish import Publisher, PublishError
 from streams.replay import LoggedRecord, read_log, read_topic, record, replay
 from streams.schemas import DeadLetter, Engagement, UserDeleted
@@ -52,12 +54,14 @@ def test_each_kind_of_bad_message_is_dead_lettered_and_consumer_goes_on(
 ) -> None:
     settings = fresh_broker.settings()
     good = Engagement(event_id="ok", user_id="u1", item_id="i1", action="save", ts=5)
-    bad = {
+    bad: dict[bytes | None, str] = {
         b"{not json": "not JSON",
         json.dumps({"type": "engagement", "v": 1, "user_id": "u1"}).encode(): "missing field",
         json.dumps({**json.loads(good.to_json()), "ts": "now"}).encode(): "invalid field 'ts'",
         json.dumps({**json.loads(good.to_json()), "v": 99}).encode(): "unknown schema version",
         b'{"type":"engagement","pad":"' + b"x" * (1 << 20) + b'"}': "message too large",
+        b"": "empty message (zero-length value)",
+        None: "empty message (null value)",
     }
     with Publisher(settings, max_request_size=4 << 20) as pub:
         for raw in bad:
@@ -80,7 +84,11 @@ def test_each_kind_of_bad_message_is_dead_lettered_and_consumer_goes_on(
         zip(sorted(letters, key=lambda x: x.offset or 0), bad.items(), strict=True)
     ):
         assert reason in letter.reason
-        assert letter.original() == raw
+        # Of the 1 MiB message, the letter keeps a prefix, the size and the digest.
+        assert letter.original() == (raw or b"")[:MAX_ORIGINAL_BYTES]
+        assert letter.truncated is (raw is not None and len(raw) > MAX_ORIGINAL_BYTES)
+        assert letter.original_size == (None if raw is None else len(raw))
+        assert letter.original_sha256 == (None if raw is None else hashlib.sha256(raw).hexdigest())
         assert letter.source_topic == ENGAGEMENTS.name
         # Sent first, with the good events' key: their partition, from its first offset.
         assert (letter.partition, letter.offset) == (accepted[0].partition, offset)

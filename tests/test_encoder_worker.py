@@ -59,11 +59,21 @@ def test_items_become_embeddings_with_dim_and_version(
         pub.publish(Item(item_id="own", text="precomputed", embedding=own.tolist(), ts=99))
         pub.publish(wrong_dim)
         pub.send(ITEMS.name, broken, key=b"broken")
+        pub.send(ITEMS.name, b"", key=b"empty")
+        pub.send(ITEMS.name, None, key=b"null")
         pub.publish(ItemDeleted(item_id="i3", ts=100))
 
     worker = EncoderWorker(settings, tiny_encoder, max_batch=16)
     try:
-        run_until(worker, lambda s: s.embedded == 40 and s.deleted == 1 and s.dead_lettered == 1)
+        run_until(
+            worker,
+            lambda s: (
+                s.embedded == 40
+                and s.deleted == 1
+                and s.dead_lettered == 1
+                and worker._consumer.dead_letters.count == 4  # with the consumer's own
+            ),
+        )
     finally:
         worker.close()
     assert worker.stats.passed_through == 1
@@ -95,8 +105,14 @@ def test_items_become_embeddings_with_dim_and_version(
     ]
     assert sorted((letter.reason, letter.original()) for letter in letters) == [
         ("embedding has dim 2, the index expects 32", wrong_dim.to_json()),
+        ("empty message (null value)", b""),
+        ("empty message (zero-length value)", b""),
         ("missing field 'item_id'", broken),  # original bytes kept
     ]
+    assert {(x.key_b64, x.reason) for x in letters if x.reason.startswith("empty")} == {
+        ("ZW1wdHk=", "empty message (zero-length value)"),
+        ("bnVsbA==", "empty message (null value)"),
+    }
 
 
 def test_real_pretrained_encoder_through_the_worker(fresh_broker: EmbeddedBroker) -> None:

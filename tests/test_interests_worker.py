@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,11 +22,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving.datasets.generated import generate
 from stores import StateDB
 from streams.broker import EmbeddedBroker, free_port
+from streams.deadletters import MAX_ORIGINAL_BYTES
 from streams.faust_runtime.event_loop import use_event_loop
 from streams.interests import InterestClusters
 from streams.publish import Publisher
 from streams.replay import read_topic
-from streams.schemas import Engagement, UserDeleted
+from streams.schemas import DeadLetter, Engagement, UserDeleted
 from streams.settings import KafkaSettings
 from streams.topics import DEAD_LETTERS, ENGAGEMENTS, ITEM_EMBEDDINGS
 from tests._streaming import (
@@ -390,6 +393,91 @@ def _seen_items(settings: KafkaSettings, vectors: dict[str, np.ndarray]) -> set[
 
 def _engagement(n: int, item_id: str, ts: int) -> Engagement:
     return Engagement(event_id=f"e{n}", user_id="u", item_id=item_id, action="click", ts=ts)
+
+
+def test_an_oversized_and_empty_engagements_from_a_foreign_client_get_one_letter_each(
+    fresh_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """A 900 KB engagement (its letter would be 1.2 MB whole), a zero-length one and a null one,
+    sent by librdkafka among valid ones: one bounded letter each, and the worker goes on."""
+    from confluent_kafka import Producer
+
+    settings = fresh_broker.settings()
+    rng = np.random.default_rng(6)
+    vectors = {f"i{n}": v / np.linalg.norm(v) for n, v in enumerate(rng.normal(size=(3, 32)))}
+    vectors = {i: v.astype(np.float32) for i, v in vectors.items()}
+    publish_item_vectors(settings, vectors)
+    t0 = 1_700_000_000_000
+    valid = [_engagement(n, f"i{n % 3}", t0 + n) for n in range(4)]
+    head = b'{"type":"engagement","event_id":"big","user_id":"u","action":"click","ts":1,'
+    head += b'"item_id":"'
+    big = head + b"x" * (900_000 - len(head) - 2) + b'"}'
+    values = [valid[0].to_json(), big, valid[1].to_json(), b"", valid[2].to_json(), None]
+    values.append(valid[3].to_json())
+    # murmur2, as Kafka's Java client and kafka-python: keys land where recstream puts them.
+    producer = Producer(
+        {"bootstrap.servers": fresh_broker.bootstrap_servers, "partitioner": "murmur2_random"}
+    )
+    reports: list[tuple[Any, int, int]] = []
+    for value in values:
+        producer.produce(
+            ENGAGEMENTS.name,
+            value=value,
+            key=b"u",
+            on_delivery=lambda err, msg: reports.append((err, msg.partition(), msg.offset())),
+        )
+    assert producer.flush(10) == 0
+    assert [err for err, _, _ in reports] == [None] * len(values)
+    partition, first = reports[0][1], reports[0][2]
+    assert [(p, o - first) for _, p, o in reports] == [(partition, n) for n in range(len(values))]
+    port = free_port()
+    proc = start_interests_worker(
+        fresh_broker.bootstrap_servers, tmp_path / "w", extra=["--metrics-port", str(port)]
+    )
+    try:
+        expected = offline_states(valid, vectors)
+        wait_for(
+            lambda: (
+                worker_states(settings) == expected
+                and _metric(port, "recstream_interest_dead_letters_total") == 3
+            ),
+            60,
+            what="the valid events applied and three letters",
+            alive=[proc],
+        )
+        assert _metric(port, "recstream_interest_events_total", outcome="applied") == 4
+        assert _metric(port, "recstream_interest_dead_letters_lost_total") == 0
+        assert proc.poll() is None
+    finally:
+        stop(proc)
+    letters = sorted(
+        (
+            DeadLetter.model_validate_json(r.value or b"")
+            for r in read_topic(settings, DEAD_LETTERS.name, idle_timeout_s=1.0)
+        ),
+        key=lambda letter: letter.offset or 0,
+    )
+    got = [(x.offset, x.reason, x.original_size, x.original_sha256, x.truncated) for x in letters]
+    assert got == [
+        (
+            first + 1,
+            "invalid field 'item_id': String should have at most 256 characters",
+            900_000,
+            hashlib.sha256(big).hexdigest(),
+            True,
+        ),
+        (first + 3, "empty message (zero-length value)", 0, hashlib.sha256(b"").hexdigest(), False),
+        (first + 5, "empty message (null value)", None, None, False),
+    ]
+    assert letters[0].original() == big[:MAX_ORIGINAL_BYTES]
+    assert [x.original() for x in letters[1:]] == [b"", b""]
+    assert {(x.partition, x.key_b64, x.rejected_by) for x in letters} == {
+        (partition, "dQ==", "interests-worker")
+    }
+    log = (tmp_path / "w.log").read_text()
+    assert "Traceback" not in log
+    for n, reason in ((1, "invalid field 'item_id'"), (3, "empty message"), (5, "empty message")):
+        assert f"dead-lettered engagements[{partition}]@{first + n}: {reason}" in log
 
 
 def test_the_worker_runs_on_uvloop_and_refuses_unknown_loops() -> None:

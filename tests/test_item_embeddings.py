@@ -91,11 +91,18 @@ def test_a_tombstone_deletes_and_a_later_record_brings_the_item_back(db: StateDB
     assert db.offsets.load() == {f"{TOPIC}:2": 7}
 
 
-def test_a_keyless_tombstone_is_passed_over(db: StateDB) -> None:
+def test_a_tombstone_without_a_key_or_with_a_key_not_utf8_is_rejected(db: StateDB) -> None:
     _apply(db, _records(_embedding("a", [1, 0])))
-    changes = _apply(db, [Rec(1, None, None)], dim=2)
-    assert changes.deleted == [] and changes.rejected == [] and "a" in db.items
-    assert db.offsets.load() == {f"{TOPIC}:2": 2}
+    records = [Rec(1, None, None), Rec(2, b"", None), Rec(3, b"\xff", None), Rec(4, b"a", b"")]
+    changes = _apply(db, records, dim=2)
+    assert [(r.record.offset, r.reason) for r in changes.rejected] == [
+        (1, "empty message (tombstone without a key)"),
+        (2, "empty message (tombstone without a key)"),
+        (3, "tombstone key is not UTF-8"),
+        (4, "empty message (zero-length value)"),
+    ]
+    assert changes.deleted == [] and "a" in db.items
+    assert db.offsets.load() == {f"{TOPIC}:2": 5}
 
 
 def test_a_bad_record_is_reported_with_its_reason_and_the_others_apply(db: StateDB) -> None:

@@ -29,7 +29,7 @@ GOOD = {
 }
 
 
-def reason_for(raw: bytes, topic: str = "engagements") -> str:
+def reason_for(raw: bytes | None, topic: str = "engagements") -> str:
     with pytest.raises(InvalidEvent) as exc:
         decode_for_topic(topic, raw)
     return exc.value.reason
@@ -48,6 +48,8 @@ def test_valid_engagement_round_trips() -> None:
     ("raw", "expected"),
     [
         (b"\xff\xfe not json", "not JSON"),
+        (b"", "empty message (zero-length value)"),
+        (None, "empty message (null value)"),
         (b"[1, 2]", "not a JSON object"),
         (
             json.dumps({k: v for k, v in GOOD.items() if k != "user_id"}).encode(),
@@ -62,7 +64,7 @@ def test_valid_engagement_round_trips() -> None:
         (json.dumps({"type": "item", "item_id": "i", "ts": 1}).encode(), "does not belong here"),
     ],
 )
-def test_bad_messages_get_a_precise_reason(raw: bytes, expected: str) -> None:
+def test_bad_messages_get_a_precise_reason(raw: bytes | None, expected: str) -> None:
     assert expected in reason_for(raw)
 
 

@@ -9,13 +9,21 @@ import sys
 from pathlib import Path
 
 import httpx
+from confluent_kafka import Producer
 
 from serving.readmodels import ReadModels
 from stores import ItemIndex
 from streams.broker import EMBEDDED_ENV, EmbeddedBroker, free_port
 from streams.publish import Publisher
-from streams.schemas import Engagement
-from streams.topics import ENGAGEMENTS, ITEM_EMBEDDINGS, RESENT_HEADER, USER_INTERESTS
+from streams.replay import read_topic
+from streams.schemas import DeadLetter, Engagement
+from streams.topics import (
+    DEAD_LETTERS,
+    ENGAGEMENTS,
+    ITEM_EMBEDDINGS,
+    RESENT_HEADER,
+    USER_INTERESTS,
+)
 from tests._serving import (
     embedding_record,
     engage,
@@ -87,6 +95,43 @@ def test_read_models_materialize_topics_and_follow_updates_and_deletes(
         wait_until(lambda: victim not in rm.catalog, 5, "the delete")
         assert victim not in _recommend(rm, user, 50)
         assert rm.index is not None and victim not in rm.index
+
+
+def test_empty_and_keyless_records_are_dead_lettered_and_the_replica_goes_on(
+    fresh_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    settings = fresh_broker.settings()
+    world = make_world(users=5, items=60, events=300)
+    publish_world(settings, world)
+    # From librdkafka, which sends a null value with a null key (kafka-python refuses to).
+    producer = Producer({"bootstrap.servers": fresh_broker.bootstrap_servers})
+    for topic in (ITEM_EMBEDDINGS.name, USER_INTERESTS.name):
+        producer.produce(topic, value=b"", key=b"k")
+        producer.produce(topic, value=None, key=None)
+        producer.produce(topic, value=None, key=b"\xff")
+    # Counted as invalid only: the interests worker dead-letters engagements.
+    producer.produce(ENGAGEMENTS.name, value=b"", key=b"u0")
+    producer.produce(ENGAGEMENTS.name, value=None, key=b"u0")
+    assert producer.flush(10) == 0
+    with read_models(settings, tmp_path / "r") as rm:
+        assert rm.wait_ready(30), rm.status()
+        assert len(rm.catalog) == len(world.data.items)
+        assert all(rm.profile(u) is not None for u in world.states)
+        labels = {"topic": ENGAGEMENTS.name, "outcome": "invalid"}
+        assert rm.metrics.registry.get_sample_value("recstream_serving_records_total", labels) == 2
+    letters = [
+        DeadLetter.model_validate_json(r.value or b"")
+        for r in read_topic(settings, DEAD_LETTERS.name, idle_timeout_s=1.0)
+    ]
+    assert sorted((x.source_topic, x.reason, x.rejected_by) for x in letters) == sorted(
+        (topic, reason, "serving")
+        for topic in (ITEM_EMBEDDINGS.name, USER_INTERESTS.name)
+        for reason in (
+            "empty message (zero-length value)",
+            "empty message (tombstone without a key)",
+            "tombstone key is not UTF-8",
+        )
+    )
 
 
 def test_restart_restores_the_snapshot_and_replays_only_the_tail(

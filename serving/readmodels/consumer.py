@@ -10,9 +10,10 @@ from typing import Any
 
 from serving.readmodels.config import ReadModelConfig
 from serving.readmodels.metrics import ServingMetrics
-from streams.deadletters import DeadLetters
+from streams.deadletters import DeadLetters, letter_producer
+from streams.schemas import DeadLetter
 from streams.settings import KafkaSettings
-from streams.topics import DEAD_LETTER_MAX_BYTES, ENGAGEMENTS, ITEM_EMBEDDINGS, USER_INTERESTS
+from streams.topics import ENGAGEMENTS, ITEM_EMBEDDINGS, USER_INTERESTS
 
 TOPICS = (ITEM_EMBEDDINGS.name, USER_INTERESTS.name, ENGAGEMENTS.name)
 
@@ -46,7 +47,7 @@ class TopicConsumer:
     def connect(self, offsets: dict[str, int]) -> None:
         """Assign every partition, seek to ``offsets`` (the beginning where none), and note the
         end offsets (ready once reached)."""
-        from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+        from kafka import KafkaConsumer, TopicPartition
 
         consumer = KafkaConsumer(
             **self.settings.consumer(),
@@ -82,10 +83,10 @@ class TopicConsumer:
             self.positions[f"{tp.topic}:{tp.partition}"] = int(consumer.position(tp))
         self._consumer = consumer
         self._tps = tps
-        self._producer = KafkaProducer(
-            **self.settings.kafka_python(), linger_ms=5, max_request_size=DEAD_LETTER_MAX_BYTES
+        self._producer = letter_producer(self.settings)
+        self._dead_letters = DeadLetters(
+            self._producer, rejected_by="serving", on_lost=self._count_lost
         )
-        self._dead_letters = DeadLetters(_Sender(self._producer), rejected_by="serving")
 
     def poll(self) -> dict[Any, list[Any]]:
         """The next records, ``{TopicPartition: [ConsumerRecord]}`` (empty after the timeout)."""
@@ -142,9 +143,13 @@ class TopicConsumer:
                 key=m.key,
             )
 
+    def _count_lost(self, letter: DeadLetter) -> None:
+        self.metrics.records.labels(letter.source_topic, "dead_letter_lost").inc()
+
     def flush_dead_letters(self) -> None:
-        if self._dead_letters is not None and self._dead_letters.count:
-            self._producer.flush()
+        """Wait until the letters sent are written (or their loss is logged and counted)."""
+        if self._dead_letters is not None:
+            self._dead_letters.settle()
 
     def close(self) -> None:
         """Close the consumer and the dead letters' producer (the positions stay)."""
@@ -154,11 +159,3 @@ class TopicConsumer:
         if self._producer is not None:
             self._producer.close()
             self._producer = None
-
-
-class _Sender:
-    def __init__(self, producer: Any) -> None:
-        self._producer = producer
-
-    def send(self, topic: str, value: bytes | None, *, key: bytes | None) -> Any:
-        return self._producer.send(topic, value=value, key=key)

@@ -14,7 +14,7 @@ from serving.readmodels.consumer import Reject
 from serving.readmodels.metrics import ServingMetrics
 from serving.recommend import InterestView, UserProfile
 from stores import Batch, UserStore
-from streams.schemas import InvalidEvent, UserInterests, decode_for_topic
+from streams.schemas import InvalidEvent, UserInterests, decode_for_topic, tombstone_key
 from streams.topics import USER_INTERESTS
 
 
@@ -47,11 +47,10 @@ class UserMaterializer:
         """Apply one partition's records of a poll; the user store's writes go to ``b``."""
         latest: dict[str, tuple[UserInterests | None, bytes | None]] = {}
         for m in records:
-            if m.value is None:
-                if m.key:
-                    latest[m.key.decode()] = (None, None)
-                continue
             try:
+                if m.value is None:
+                    latest[tombstone_key(m.key)] = (None, None)
+                    continue
                 rec = decode_for_topic(tp.topic, m.value)
             except InvalidEvent as exc:
                 self._reject(m, tp, exc.reason)

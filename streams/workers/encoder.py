@@ -23,11 +23,10 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from streams.consumer import Accepted, ValidatingConsumer
-from streams.deadletters import DeadLetters
 from streams.publish import Publisher
 from streams.schemas import Item, ItemDeleted, ItemEmbedding
 from streams.settings import KafkaSettings
-from streams.topics import DEAD_LETTER_MAX_BYTES, ITEM_EMBEDDINGS, ITEMS
+from streams.topics import ITEM_EMBEDDINGS, ITEMS
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +79,14 @@ class EncoderWorker:
             "float16" if vector_dtype == "float16" else "float32"
         )
         self.stats = EncoderWorkerStats()
-        self._publisher = Publisher(settings, linger_ms=5, max_request_size=DEAD_LETTER_MAX_BYTES)
-        # Dead letters share the publisher, so they are confirmed with each batch's flush.
+        self._publisher = Publisher(settings, linger_ms=5)
+        # Its dead letters go through a producer of their own, settled before each commit.
         self._consumer = ValidatingConsumer(
             settings,
             [ITEMS.name],
             rejected_by="encoder-worker",
             group_id=group_id,
             max_poll_records=max_batch,
-            dead_letters=DeadLetters(self._publisher, rejected_by="encoder-worker"),
         )
         self._stop = threading.Event()
 
@@ -186,7 +184,8 @@ class EncoderWorker:
         accepted = self._consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.max_batch)
         if accepted:
             self.process(accepted)
-        self._publisher.flush()  # dead letters of this poll, even when nothing was accepted
+        self._publisher.flush()
+        self._consumer.dead_letters.settle()  # the poll's were; these are the batch's own
         if accepted or self._consumer.dead_letters.count:
             self._consumer.commit()
         return len(accepted)

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from streams.faust_runtime.consumer import use_quick_consumer
 from streams.faust_runtime.monitor import without_faust_monitor
 from streams.settings import KafkaSettings
-from streams.topics import DEAD_LETTERS, ENGAGEMENTS
+from streams.topics import DEAD_LETTER_MAX_BYTES, DEAD_LETTERS, ENGAGEMENTS
 from streams.workers.interests.config import InterestsWorkerConfig
 
 # Table values: (partition, offset) of the user's last processed engagement, then the state.
@@ -65,6 +65,7 @@ def create_app(settings: KafkaSettings, config: InterestsWorkerConfig, table: ty
         # carries the rest); parked events come in bursts when their item arrives.
         producer_linger_ms=5,
         producer_max_batch_size=512 * 1024,
+        producer_max_request_size=DEAD_LETTER_MAX_BYTES,  # what a letter is bounded by
         # Big polls while catching up make big per-user batches: one state write per user.
         broker_max_poll_records=config.batch_size,
         web_enabled=False,

@@ -2,7 +2,9 @@
 
 A batch's changelog and ``user-interests`` records go out through an ``Outbox`` (one record
 batch per partition) and are confirmed by the broker before the batch's offsets are acked,
-hence before faust can commit them; bad messages go to ``dead-letters`` with the reason.
+hence before faust can commit them; bad messages go to ``dead-letters`` with the reason, on
+faust's producer, and their letters are settled before the acks too (written, or sent without
+the original's bytes, or their loss logged and counted: see ``streams.deadletters``).
 """
 
 from __future__ import annotations
@@ -11,9 +13,17 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from streams.deadletters import (
+    dead_letter,
+    letter_bytes,
+    letter_key,
+    log_lost,
+    log_refused,
+    without_original,
+)
 from streams.faust_runtime.outbox import Outbox
 from streams.faust_runtime.tables import add_end_markers, set_persisted_offsets
-from streams.schemas import Engagement
+from streams.schemas import DeadLetter, Engagement
 from streams.topics import ENGAGEMENTS
 from streams.workers.interests.metrics import WorkerMetrics
 
@@ -39,6 +49,8 @@ class Delivery:
         self.dead_letters = dead_letters  # the faust topic
         self.metrics = metrics
         self.one_record_batches = one_record_batches
+        # Letters sent and not yet confirmed: (letter, delivery future, is a stand-in).
+        self._letters: list[tuple[DeadLetter, Any, bool]] = []
 
     async def confirm(self) -> None:
         """Send the batch's changelog and output records; wait until the broker has them all.
@@ -52,6 +64,7 @@ class Delivery:
             add_end_markers(self.outbox, touched)
         written = await self.outbox.flush()
         set_persisted_offsets(touched, written)
+        await self.settle_letters()
 
     async def dead_letter(
         self,
@@ -61,8 +74,7 @@ class Delivery:
         offset: int | None,
         key: bytes | None,
     ) -> None:
-        from streams.deadletters import dead_letter
-
+        """Send ``raw``'s letter (never raises: see ``settle_letters``)."""
         letter = dead_letter(
             raw,
             reason,
@@ -72,11 +84,42 @@ class Delivery:
             key=key,
             rejected_by="interests-worker",
         )
-        log.warning("dead-lettered %s[%s]@%s: %s", ENGAGEMENTS.name, partition, offset, reason)
-        await self.dead_letters.send(
-            key=ENGAGEMENTS.name.encode(), value=letter.model_dump_json().encode()
+        log.warning(
+            "dead-lettered %s[%s]@%s: %s", ENGAGEMENTS.name, partition, offset, letter.reason
         )
         self.metrics.dead_letters.inc()
+        await self._send_letter(letter, stand_in=False)
+
+    async def settle_letters(self) -> None:
+        """Wait until the broker has every letter sent; one it refused is sent again without
+        the original's bytes, and if that is refused too the loss is logged and counted."""
+        while self._letters:
+            letters, self._letters = self._letters, []
+            for letter, delivered, stand_in in letters:
+                try:
+                    await delivered
+                except Exception as exc:
+                    await self._letter_refused(letter, exc, stand_in)
+
+    async def _send_letter(self, letter: DeadLetter, *, stand_in: bool) -> None:
+        try:
+            delivered = await self.dead_letters.send(
+                key=letter_key(letter), value=letter_bytes(letter)
+            )
+        except Exception as exc:  # refused by the producer itself
+            await self._letter_refused(letter, exc, stand_in)
+            return
+        self._letters.append((letter, delivered, stand_in))
+
+    async def _letter_refused(
+        self, letter: DeadLetter, error: BaseException, stand_in: bool
+    ) -> None:
+        if not stand_in:
+            log_refused(letter, error)
+            await self._send_letter(without_original(letter, error), stand_in=True)
+            return
+        log_lost(letter, error)
+        self.metrics.dead_letters_lost.inc()
 
     async def dead_letter_rejected(
         self, pairs: list[tuple[Any, Any]], rejected: list[tuple[str, str]]

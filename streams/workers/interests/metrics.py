@@ -20,6 +20,11 @@ class WorkerMetrics:
             "Messages sent to dead-letters",
             registry=registry,
         )
+        self.dead_letters_lost = Counter(
+            "recstream_interest_dead_letters_lost_total",
+            "Rejected messages whose letter was refused even without their bytes (logged)",
+            registry=registry,
+        )
         self.parked = Gauge(
             "recstream_interest_parked_events",
             "Engagements waiting for their item's embedding",
