@@ -432,7 +432,7 @@ def test_an_oversized_and_empty_engagements_from_a_foreign_client_get_one_letter
     assert [(p, o - first) for _, p, o in reports] == [(partition, n) for n in range(len(values))]
     port = free_port()
     proc = start_interests_worker(
-        fresh_broker.bootstrap_servers, tmp_path / "w", extra=["--metrics-port", str(port)]
+        fresh_broker.bootstrap_servers, tmp_path / "w", extra=[*VIEWS, "--metrics-port", str(port)]
     )
     try:
         expected = offline_states(valid, vectors)
