@@ -8,7 +8,9 @@
 - Bad messages go to ``dead-letters`` (by the validating consumer, or here for a wrong dim).
 
 Offsets are committed only after the broker confirmed the embeddings of a batch
-(at-least-once; the compacted output topic makes redelivery harmless).
+(at-least-once; the compacted output topic makes redelivery harmless). A commit refused
+because the group dropped the worker (e.g. the broker was unreachable past the session
+timeout) leaves the batch to be delivered again; the worker goes on.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class EncoderWorkerStats:
     deleted: int = 0
     dead_lettered: int = 0
     batches: int = 0
+    commits_refused: int = 0  # by the group, after this worker was dropped from it
 
 
 class EncoderWorker:
@@ -188,8 +191,23 @@ class EncoderWorker:
             self.process(accepted)
         self._publisher.flush()  # dead letters of this poll, even when nothing was accepted
         if accepted or self._consumer.dead_letters.count:
-            self._consumer.commit()
+            self._commit()
         return len(accepted)
+
+    def _commit(self) -> None:
+        """Commit what was polled. A commit the group refuses because this worker is no longer
+        in it (the broker unreachable past the session timeout: it dropped the worker, and the
+        partitions may have moved) is not fatal: the batch's records are confirmed already,
+        and whoever owns the partitions now gets the batch again from the last commit (a
+        redelivered item makes the same record on a compacted topic). The next poll joins
+        the group again."""
+        from kafka.errors import CommitFailedError, RebalanceInProgressError
+
+        try:
+            self._consumer.commit()
+        except (CommitFailedError, RebalanceInProgressError) as exc:
+            self.stats.commits_refused += 1
+            log.warning("offsets not committed, the batch will come again: %s", exc)
 
     def run(self, *, idle_exit_s: float | None = None) -> None:
         """Loop until ``stop()`` (or ``idle_exit_s`` without input, for tools and tests)."""
