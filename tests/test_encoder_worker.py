@@ -261,6 +261,49 @@ def test_a_worker_the_group_dropped_while_the_broker_was_frozen_goes_on_and_lose
         again.close()
 
 
+def test_a_commit_the_frozen_broker_never_answers_is_not_fatal_and_the_next_one_covers_it(
+    fresh_broker: EmbeddedBroker, tiny_encoder: EncoderSession
+) -> None:
+    settings = fresh_broker.settings()
+    first = [Item(item_id=f"a{n}", text=f"item {n} garden hoses", ts=n) for n in range(4)]
+    with Publisher(settings) as pub:
+        pub.publish_many(first)
+    worker = EncoderWorker(settings, tiny_encoder)
+    consumer = worker._consumer
+    real_commit = consumer.commit
+    assert fresh_broker._proc is not None
+    pid = fresh_broker._proc.pid
+
+    def commit_while_frozen() -> None:
+        # The broker stops answering just as the worker commits: the commit times out.
+        consumer.commit = real_commit  # type: ignore[method-assign]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            consumer.kafka.commit(timeout_ms=1000)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    consumer.commit = commit_while_frozen  # type: ignore[method-assign]
+    try:
+        run_until(worker, lambda s: s.commits_refused == 1 and s.embedded == len(first))
+        second = [Item(item_id=f"b{n}", text=f"item {n} rain boots", ts=n) for n in range(3)]
+        with Publisher(settings) as pub:
+            pub.publish_many(second)
+        run_until(worker, lambda s: s.embedded == len(first) + len(second))
+    finally:
+        worker.close()
+    assert worker.stats.commits_refused == 1
+    # The second batch's commit covered the first: a new worker of the group gets nothing.
+    again = EncoderWorker(settings, tiny_encoder)
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            again.run_once()
+        assert again.stats.embedded == 0
+    finally:
+        again.close()
+
+
 def test_an_unknown_vector_dtype_is_refused(fresh_broker: EmbeddedBroker) -> None:
     with pytest.raises(ValueError, match="vector_dtype"):
         EncoderWorker(fresh_broker.settings(), None, vector_dtype="int8")  # type: ignore[arg-type]

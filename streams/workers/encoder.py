@@ -10,7 +10,8 @@
 Offsets are committed only after the broker confirmed the embeddings of a batch
 (at-least-once; the compacted output topic makes redelivery harmless). A commit refused
 because the group dropped the worker (e.g. the broker was unreachable past the session
-timeout) leaves the batch to be delivered again; the worker goes on.
+timeout), or one the broker did not answer in time, leaves the batch to be delivered again
+or to the next commit; the worker goes on.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class EncoderWorkerStats:
     deleted: int = 0
     dead_lettered: int = 0
     batches: int = 0
-    commits_refused: int = 0  # by the group, after this worker was dropped from it
+    commits_refused: int = 0  # commits that failed: dropped from the group, or timed out
 
 
 class EncoderWorker:
@@ -195,19 +196,23 @@ class EncoderWorker:
         return len(accepted)
 
     def _commit(self) -> None:
-        """Commit what was polled. A commit the group refuses because this worker is no longer
-        in it (the broker unreachable past the session timeout: it dropped the worker, and the
-        partitions may have moved) is not fatal: the batch's records are confirmed already,
-        and whoever owns the partitions now gets the batch again from the last commit (a
-        redelivered item makes the same record on a compacted topic). The next poll joins
-        the group again."""
-        from kafka.errors import CommitFailedError, RebalanceInProgressError
+        """Commit what was polled. A commit that fails because the group dropped this worker
+        (the broker unreachable past the session timeout: the partitions may have moved) or
+        because the broker did not answer in time is not fatal: the batch's records are
+        confirmed already. The next poll joins the group again if need be; the batch comes
+        again from the last commit to whoever owns its partitions (a redelivered item makes
+        the same record on a compacted topic), or the next commit covers it."""
+        from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 
         try:
             self._consumer.commit()
-        except (CommitFailedError, RebalanceInProgressError) as exc:
+        except KafkaError as exc:
+            if not isinstance(exc, CommitFailedError | RebalanceInProgressError) and not getattr(
+                exc, "retriable", False
+            ):
+                raise
             self.stats.commits_refused += 1
-            log.warning("offsets not committed, the batch will come again: %s", exc)
+            log.warning("offsets not committed, the batch will come again: %r", exc)
 
     def run(self, *, idle_exit_s: float | None = None) -> None:
         """Loop until ``stop()`` (or ``idle_exit_s`` without input, for tools and tests)."""
