@@ -31,18 +31,19 @@ from bench._system import Positions, System
 from streams.publish import Publisher
 from streams.schemas import Engagement, Item
 from streams.settings import KafkaSettings
-from streams.topics import ENGAGEMENTS, ITEM_EMBEDDINGS, ITEMS, USER_INTERESTS
+from streams.topics import ENGAGEMENTS, ITEM_EMBEDDINGS, ITEMS, USER_INTERESTS, TopicSpec
 
 TAILED = (ITEMS, ENGAGEMENTS, ITEM_EMBEDDINGS, USER_INTERESTS)
+OUTPUTS = (ITEM_EMBEDDINGS, USER_INTERESTS)  # what the load and freshness need
 _MAX_POLL = 5000
 
 
 class TopicTail:
     """One consumer (no group) on every partition of the tailed topics, from the beginning."""
 
-    def __init__(self, settings: KafkaSettings) -> None:
+    def __init__(self, settings: KafkaSettings, topics: Sequence[TopicSpec] = TAILED) -> None:
         self.settings = settings
-        self.positions: Positions = {(t.name, p): 0 for t in TAILED for p in range(t.partitions)}
+        self.positions: Positions = {(t.name, p): 0 for t in topics for p in range(t.partitions)}
         self.arrivals: list[tuple[float, str]] = []  # (monotonic time, item id), in order read
         self.embedded: set[bytes] = set()  # item ids (keys) with an embedding
         self.interests_named: dict[str, float] = {}  # event id -> when a record named it
@@ -437,6 +438,7 @@ class SteadyLoad:
         event_rate: float,
         item_rate: float,
         query_rate: float,
+        tailed: Sequence[TopicSpec] = TAILED,
         seed: int = 3,
     ) -> None:
         from serving.datasets.generated import generate
@@ -448,7 +450,7 @@ class SteadyLoad:
         self.catalog = data.items[:catalog]
         self.new_items = data.items[catalog:]
         self.category_of = {it.item_id: it.category or "" for it in data.items}
-        self.tail = TopicTail(system.settings)
+        self.tail = TopicTail(system.settings, tailed)
         self.engagements: EngagementLoad | None = None
         self.items: ItemLoad | None = None
         self.queries: QueryLoad | None = None

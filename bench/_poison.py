@@ -89,6 +89,8 @@ class PoisonBurst:
     seconds: float = 5.0
     seed: int = 0
     sent: dict[bytes, tuple[str, str]] = field(default_factory=dict)  # bytes -> (topic, kind)
+    handed_over_s: float = 0.0  # until the last message was handed to the client
+    confirmed_s: float = 0.0  # until the broker had confirmed every one
 
     def messages(self) -> list[tuple[str, bytes | None, bytes, str]]:
         """(topic, key, value, kind), topics interleaved, in sending order."""
@@ -136,10 +138,13 @@ class PoisonBurst:
             producer.produce(topic, value=value, key=key, on_delivery=delivered)
             producer.poll(0)
             self.sent[value] = (topic, kind)
-        left = producer.flush(120)
+        self.handed_over_s = time.monotonic() - t0
+        left = producer.flush(180)
         if left or errors:
             raise RuntimeError(f"{left} poison messages unsent, {len(errors)} failed: {errors[:3]}")
-        return time.monotonic()
+        done = time.monotonic()
+        self.confirmed_s = done - t0
+        return done
 
 
 @dataclass

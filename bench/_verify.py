@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench._system import scrape
 from streams.interests.state_format import DecodedState, decode
 from streams.schemas import (
     Engagement,
@@ -147,13 +148,14 @@ class Discrepancy:
 class Verdict:
     events_in_log: int
     users: int
+    items: int  # items with an embedding on item-embeddings
     lost: list[Discrepancy] = field(default_factory=list)
     double: list[Discrepancy] = field(default_factory=list)
     applied_lost: int = 0  # events missing by the applied count only (evicted since)
     applied_double: int = 0
     states_identical: int = 0  # users whose published state equals the replay's, byte for byte
     accepted: Accepted | None = None
-    replicas: dict[str, dict[str, int]] = field(default_factory=dict)
+    replicas: dict[str, dict[str, int | None]] = field(default_factory=dict)
 
     @property
     def events_lost(self) -> int:
@@ -168,6 +170,7 @@ class Verdict:
         return {
             "events_in_log": self.events_in_log,
             "users": self.users,
+            "items": self.items,
             "events_lost": self.events_lost,
             "events_double_applied": self.events_double_applied,
             "states_identical": self.states_identical,
@@ -226,6 +229,7 @@ def verify(
     verdict = Verdict(
         events_in_log=len({ev.event_id for ev in accepted.events}),
         users=len(expected),
+        items=len(vectors),
         accepted=accepted,
     )
     compare_states(expected, published_states(latest_interests), verdict)
@@ -235,7 +239,8 @@ def verify(
 def check_replicas(
     replicas: Mapping[str, str], expected: Mapping[str, DecodedState], verdict: Verdict
 ) -> None:
-    """Each replica's answer for every user: the replay's action count and last event time."""
+    """Each replica's answer for every user (the replay's action count and last event time)
+    and the items in its index."""
     for name, url in replicas.items():
         wrong = unreachable = 0
         with httpx.Client(base_url=url, timeout=5.0) as client:
@@ -251,8 +256,12 @@ def check_replicas(
                 body = r.json()
                 if body["n_actions"] != len(state.ts) or body["last_event_ts"] != state.max_ts:
                     wrong += 1
+        index_items = scrape(url).get("recstream_serving_index_items")
         verdict.replicas[name] = {
             "users": len(expected),
             "wrong": wrong,
             "unreachable": unreachable,
+            # Every item is in the index (a replica that rebuilt it after a corrupt snapshot
+            # included).
+            "index_items": None if index_items is None else int(index_items),
         }

@@ -215,6 +215,8 @@ class Run:
             fault.ended = burst.send()
             self.poison_sent.update(burst.sent)
             fault.notes["malformed_sent"] = len(burst.sent)
+            fault.notes["handed_over_s"] = round(burst.handed_over_s, 1)
+            fault.notes["confirmed_s"] = round(burst.confirmed_s, 1)
         else:
             raise ValueError(f"unknown fault {name!r}")
         return fault
@@ -477,6 +479,8 @@ def report(run: Run, final: Fault, elapsed_s: float, quick: bool) -> dict[str, A
             "role_recovery_s": f.role_recovery_s,
             "availability": avail,
             "requests": len(in_fault),
+            # Requests that got no 2xx from their first replica and were tried on the other.
+            "retried": sum(len(s.attempts) > 1 for s in in_fault),
             "p99_ms_during": percentile_ms([s.latency_s for s in in_fault], 99),
             "p99_ms_after": percentile_ms([s.latency_s for s in after], 99),
             "freshness_p99_ms": percentile_ms(freshness_s(engagements, tail, f.started, end), 99),
@@ -532,33 +536,39 @@ def write_table(result: dict[str, Any]) -> None:
         return "n/a" if v is None else f"{v}{suffix}"
 
     rows = [
-        "| fault | recovery (s) | availability: overall / serving-1 / serving-2 "
-        "| p99 during / after (ms) | lost | double |",
-        "|---|---|---|---|---|---|",
+        "| fault | lasted (s) | recovery (s) | availability: overall / serving-1 / serving-2 "
+        "| retried | p99 during / after (ms) | freshness p99 (ms) | lost | double |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, d in result["per_fault"].items():
         a = d["availability"]
         rows.append(
-            f"| `{name}`: {d['what']} | {fmt(d['recovery_s'])} | "
+            f"| `{name}` | {fmt(d['fault_s'])} | {fmt(d['recovery_s'])} | "
             f"{fmt(a['overall'])} / {fmt(a.get('serving-1'))} / {fmt(a.get('serving-2'))} | "
+            f"{d.get('retried', 'n/a')} | "
             f"{fmt(d['p99_ms_during'])} / {fmt(d['p99_ms_after'])} | "
+            f"{fmt(d['freshness_p99_ms'])} | "
             f"{d['events_lost']} | {d['events_double_applied']} |"
         )
+    letters = result["dead_letters"]
+    exits = ", ".join(f"{e['role']} at {e['at_s']} s" for e in result["unexpected_exits"])
     rows += [
         "",
-        f"Whole run ({result['duration_s']:.0f} s, {result['events_sent']:,} engagements sent, "
-        f"{result['requests']:,} requests): **{result['events_lost']} lost, "
-        f"{result['events_double_applied']} double-applied**; dead letters "
+        f"Whole run: {result['duration_s']:.0f} s, {result['events_sent']:,} engagements sent, "
+        f"{result['requests']:,} requests; **{result['events_lost']} lost, "
+        f"{result['events_double_applied']} double-applied**; dead letters for "
         f"{result['dead_letters_found']:,} of {result['dead_letters_expected']:,} malformed "
-        f"messages; availability {fmt(result['availability'])} (baseline before the faults "
+        f"messages ({letters['duplicated']} sent twice); availability "
+        f"{fmt(result['availability'])} (before the faults: "
         f"{fmt(result['baseline_availability'])}); p99 during faults "
-        f"{fmt(result['p99_ms_during_faults'])} ms (baseline {fmt(result['baseline_p99_ms'])} "
-        f"ms); slowest recovery {fmt(result['max_recovery_s'])} s.",
+        f"{fmt(result['p99_ms_during_faults'])} ms (before: {fmt(result['baseline_p99_ms'])} "
+        f"ms); slowest recovery {fmt(result['max_recovery_s'])} s; roles that exited by "
+        f"themselves: {exits or 'none'}.",
         "",
         "```json",
         json.dumps(
             {
-                k: v
+                k: (v if k != "unexpected_exits" else [e["role"] for e in v])
                 for k, v in result.items()
                 if k not in ("per_fault", "verification", "dead_letters")
             }

@@ -42,7 +42,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import emit, progress
-from bench._load import SteadyLoad, freshness_s, percentile_ms
+from bench._load import OUTPUTS, SteadyLoad, freshness_s, percentile_ms
 from bench._system import System, iter_rss_mb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,16 +186,30 @@ def plot(series: Series, path: Path, title: str) -> None:
 
     fig, axes = plt.subplots(2, 3, figsize=(15, 8), sharex=True)
     for name, ys in sorted(series.rss_mb.items()):
+        if name == "broker":
+            continue  # its own panel: it holds the whole log in memory
         values = [np.nan if y is None else y for y in ys]
         first = next((y for y in ys if y), None)
         axes[0][0].plot(series.minutes, values, label=name)
         if first:
             axes[0][1].plot(series.minutes, [v / first for v in values], label=name)
-    axes[0][0].set_ylabel("RSS (MB)")
+    axes[0][0].set_ylabel("RSS of recstream's processes (MB)")
+    axes[0][0].set_ylim(bottom=0)
     axes[0][1].set_ylabel("RSS / its first sample")
-    axes[0][1].legend(fontsize=7, ncol=2)
+    axes[0][1].legend(fontsize=7, ncol=2, loc="upper left")
+    broker_rss = series.rss_mb.get("broker", [])
+    ax = axes[0][2]
+    ax.plot(series.minutes, [np.nan if y is None else y for y in series.broker_cpu], marker=".")
+    ax.set_ylabel("broker CPU (% of a core)")
+    ax.set_ylim(bottom=0)
+    if broker_rss:
+        twin = ax.twinx()
+        twin.plot(
+            series.minutes, [np.nan if y is None else y for y in broker_rss], color="tab:gray"
+        )
+        twin.set_ylabel("broker RSS (MB, grey: the log in memory)")
+        twin.set_ylim(bottom=0)
     for ax, ys, label in (
-        (axes[0][2], series.broker_cpu, "broker CPU (% of a core)"),
         (axes[1][0], series.freshness_p99_ms, "freshness p99 (ms)"),
         (axes[1][1], series.query_p99_ms, "query p99 (ms)"),
         (axes[1][2], series.availability, "availability (share 2xx)"),
@@ -204,7 +218,6 @@ def plot(series: Series, path: Path, title: str) -> None:
         ax.set_ylabel(label)
         if ys is not series.availability:
             ax.set_ylim(bottom=0)
-    axes[0][0].set_ylim(bottom=0)
     for ax in axes[1]:
         ax.set_xlabel("minutes under load")
     fig.suptitle(title)
@@ -296,6 +309,7 @@ def main() -> None:
         event_rate=args.event_rate,
         item_rate=item_rate,
         query_rate=args.query_rate,
+        tailed=OUTPUTS,  # one consumer fewer on the inputs: the broker's fetch cost grows
     )
     ok = False
     try:

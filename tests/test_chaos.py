@@ -60,8 +60,15 @@ def test_quick_chaos_run_loses_nothing_doubles_nothing_and_dead_letters_every_po
     assert result["verification"]["events_in_log"] == result["events_sent"], detail
     assert result["events_lost"] == 0, detail
     assert result["events_double_applied"] == 0, detail
-    assert result["verification"]["replicas"] == {
-        name: {"users": result["verification"]["users"], "wrong": 0, "unreachable": 0}
+    # Each replica answers every user as the replay says, and indexes every item.
+    verification = result["verification"]
+    assert verification["replicas"] == {
+        name: {
+            "users": verification["users"],
+            "wrong": 0,
+            "unreachable": 0,
+            "index_items": verification["items"],
+        }
         for name in ("serving-1", "serving-2")
     }, detail
     # 500 malformed messages on each input topic: one letter each, with its reason.
