@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DEMO_ARGS ?=
 
-.PHONY: install install-dev demo test lint bench bench-quick clean
+.PHONY: install install-dev demo test lint bench bench-quick chaos soak clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,16 @@ bench: install-dev
 bench-quick: install-dev
 	for b in broker_io interests encoders index stream serve quality; do \
 	  $(PY) bench/$$b.py --quick | tail -n 1; done
+
+# Faults injected under load (docs/reliability.md): one JSON line, the table into the doc.
+chaos: install-dev
+	mkdir -p bench/results
+	$(PY) bench/chaos.py | tee bench/results/chaos.json
+
+# 30 minutes at a steady load: memory, broker CPU, freshness, latency (docs/reliability.md).
+soak: install-dev
+	mkdir -p bench/results
+	$(PY) bench/soak.py | tee bench/results/soak.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

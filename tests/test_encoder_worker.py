@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -210,6 +214,110 @@ def test_a_broken_encoder_stops_the_worker_and_loses_no_item(
         run_until(worker, lambda s: s.embedded == 5)
     finally:
         worker.close()
+
+
+class FreezesTheBroker:
+    """Encodes like ``inner``, but the first batch takes a while: the broker is stopped
+    (SIGSTOP) meanwhile, past the group's session timeout."""
+
+    def __init__(self, inner: EncoderSession, broker: EmbeddedBroker, seconds: float) -> None:
+        self.inner, self.broker, self.seconds = inner, broker, seconds
+        self.frozen = False
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    @property
+    def version(self) -> str:
+        return self.inner.version
+
+    def encode_items(self, items: Sequence[Any]) -> np.ndarray:
+        if not self.frozen:
+            self.frozen = True
+            assert self.broker._proc is not None
+            pid = self.broker._proc.pid
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                time.sleep(self.seconds)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+        return self.inner.encode_items(items)
+
+
+def test_a_worker_the_group_dropped_while_the_broker_was_frozen_goes_on_and_loses_no_item(
+    fresh_broker: EmbeddedBroker, tiny_encoder: EncoderSession
+) -> None:
+    # Short group timeouts, so the freeze outlasts the session sooner.
+    settings = replace(fresh_broker.settings(), session_timeout_ms=2000, rebalance_timeout_ms=2000)
+    items = [Item(item_id=f"i{n}", text=f"item {n} kitchen knives", ts=n) for n in range(6)]
+    with Publisher(settings) as pub:
+        pub.publish_many(items)
+    worker = EncoderWorker(settings, FreezesTheBroker(tiny_encoder, fresh_broker, 4.0))
+    try:
+        # The first batch is published, then its commit is refused (the group dropped the
+        # worker during the freeze); the worker goes on, joins again and gets the batch again.
+        run_until(worker, lambda s: s.commits_refused == 1 and s.embedded >= 2 * len(items))
+    finally:
+        worker.close()
+    embedded = {
+        rec.key.decode()
+        for rec in read_topic(settings, ITEM_EMBEDDINGS.name, idle_timeout_s=1.0)
+        if rec.key is not None and rec.value is not None
+    }
+    assert embedded == {it.item_id for it in items}
+    # The second delivery was committed: a new worker of the group gets nothing more.
+    again = EncoderWorker(settings, tiny_encoder)
+    try:
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            again.run_once()
+        assert again.stats.embedded == 0 and again.stats.commits_refused == 0
+    finally:
+        again.close()
+
+
+def test_a_commit_the_frozen_broker_never_answers_is_not_fatal_and_the_next_one_covers_it(
+    fresh_broker: EmbeddedBroker, tiny_encoder: EncoderSession
+) -> None:
+    settings = fresh_broker.settings()
+    first = [Item(item_id=f"a{n}", text=f"item {n} garden hoses", ts=n) for n in range(4)]
+    with Publisher(settings) as pub:
+        pub.publish_many(first)
+    worker = EncoderWorker(settings, tiny_encoder)
+    consumer = worker._consumer
+    real_commit = consumer.commit
+    assert fresh_broker._proc is not None
+    pid = fresh_broker._proc.pid
+
+    def commit_while_frozen() -> None:
+        # The broker stops answering just as the worker commits: the commit times out.
+        consumer.commit = real_commit  # type: ignore[method-assign]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            consumer.kafka.commit(timeout_ms=1000)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    consumer.commit = commit_while_frozen  # type: ignore[method-assign]
+    try:
+        run_until(worker, lambda s: s.commits_refused == 1 and s.embedded == len(first))
+        second = [Item(item_id=f"b{n}", text=f"item {n} rain boots", ts=n) for n in range(3)]
+        with Publisher(settings) as pub:
+            pub.publish_many(second)
+        run_until(worker, lambda s: s.embedded == len(first) + len(second))
+    finally:
+        worker.close()
+    assert worker.stats.commits_refused == 1
+    # The second batch's commit covered the first: a new worker of the group gets nothing.
+    again = EncoderWorker(settings, tiny_encoder)
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            again.run_once()
+        assert again.stats.embedded == 0
+    finally:
+        again.close()
 
 
 def test_an_unknown_vector_dtype_is_refused(fresh_broker: EmbeddedBroker) -> None:

@@ -165,6 +165,46 @@ def test_restart_restores_the_snapshot_and_replays_only_the_tail(
         assert rm2.profile("u1").n_actions == world.states["u1"].n_actions  # type: ignore[union-attr]
 
 
+def _positions(rm: ReadModels) -> dict[tuple[str, int], float]:
+    """The replica's position gauge, per (topic, partition)."""
+    return {
+        (s.labels["topic"], int(s.labels["partition"])): s.value
+        for family in rm.metrics.registry.collect()
+        if family.name == "recstream_serving_position"
+        for s in family.samples
+    }
+
+
+def test_the_position_gauge_says_exactly_what_the_replica_applied_also_after_a_restart(
+    fresh_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    settings = fresh_broker.settings()
+    world = make_world(users=10, items=200, events=800)
+    publish_world(settings, world)
+
+    def ends() -> dict[tuple[str, int], float]:
+        # The log's real ends: the last record's offset + 1 (the embedded broker's reported
+        # end offsets trail them by a batch), 0 for an empty partition.
+        out: dict[tuple[str, int], float] = {}
+        for topic in (ITEM_EMBEDDINGS, USER_INTERESTS, ENGAGEMENTS):
+            for p in range(topic.partitions):
+                out[topic.name, p] = 0.0
+            for rec in read_topic(settings, topic.name, idle_timeout_s=1.0):
+                out[topic.name, rec.partition] = float(rec.offset + 1)
+        return out
+
+    with read_models(settings, tmp_path / "r") as rm:
+        expected = ends()
+        assert sum(expected.values()) == len(world.data.items) + len(world.states)
+        wait_until(lambda: _positions(rm) == expected, 10, "positions at the ends")
+    with Publisher(settings) as pub:
+        pub.publish(Engagement(event_id="p1", user_id="zz", item_id="i5", action="view", ts=1))
+    expected = ends()
+    with read_models(settings, tmp_path / "r") as rm2:
+        wait_until(lambda: _positions(rm2) == expected, 10, "positions after the restart")
+        assert sum(expected.values()) == len(world.data.items) + len(world.states) + 1
+
+
 def test_a_restarted_replica_keeps_one_popularity_that_answers_cold_starts_and_learns(
     fresh_broker: EmbeddedBroker, tmp_path: Path
 ) -> None:

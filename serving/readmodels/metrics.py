@@ -33,6 +33,12 @@ class ServingMetrics:
         self.lag = Gauge(
             "recstream_serving_consumer_lag", "Records not yet consumed", ["topic"], registry=r
         )
+        self.position = Gauge(
+            "recstream_serving_position",
+            "Next offset to apply, per partition (the replica holds every record before it)",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.ready = Gauge(
             "recstream_serving_ready", "1 once caught up with the topics", registry=r
         )

@@ -8,7 +8,10 @@
 - Bad messages go to ``dead-letters`` (by the validating consumer, or here for a wrong dim).
 
 Offsets are committed only after the broker confirmed the embeddings of a batch
-(at-least-once; the compacted output topic makes redelivery harmless).
+(at-least-once; the compacted output topic makes redelivery harmless). A commit refused
+because the group dropped the worker (e.g. the broker was unreachable past the session
+timeout), or one the broker did not answer in time, leaves the batch to be delivered again
+or to the next commit; the worker goes on.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class EncoderWorkerStats:
     deleted: int = 0
     dead_lettered: int = 0
     batches: int = 0
+    commits_refused: int = 0  # commits that failed: dropped from the group, or timed out
 
 
 class EncoderWorker:
@@ -187,8 +191,27 @@ class EncoderWorker:
         self._publisher.flush()
         self._consumer.dead_letters.settle()  # the poll's were; these are the batch's own
         if accepted or self._consumer.dead_letters.count:
-            self._consumer.commit()
+            self._commit()
         return len(accepted)
+
+    def _commit(self) -> None:
+        """Commit what was polled. A commit that fails because the group dropped this worker
+        (the broker unreachable past the session timeout: the partitions may have moved) or
+        because the broker did not answer in time is not fatal: the batch's records are
+        confirmed already. The next poll joins the group again if need be; the batch comes
+        again from the last commit to whoever owns its partitions (a redelivered item makes
+        the same record on a compacted topic), or the next commit covers it."""
+        from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
+
+        try:
+            self._consumer.commit()
+        except KafkaError as exc:
+            if not isinstance(exc, CommitFailedError | RebalanceInProgressError) and not getattr(
+                exc, "retriable", False
+            ):
+                raise
+            self.stats.commits_refused += 1
+            log.warning("offsets not committed, the batch will come again: %r", exc)
 
     def run(self, *, idle_exit_s: float | None = None) -> None:
         """Loop until ``stop()`` (or ``idle_exit_s`` without input, for tools and tests)."""
