@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.deadletters import parse_dead_letter
 from streams.replay import read_topic
+from streams.schemas import DeadLetter
 from streams.settings import KafkaSettings
 from streams.topics import DEAD_LETTERS, ENGAGEMENTS, ITEMS
 
@@ -172,7 +172,7 @@ def check_dead_letters(
     for rec in read_topic(settings, DEAD_LETTERS.name, idle_timeout_s=2.0):
         if rec.value is None:
             continue
-        letter = parse_dead_letter(rec.value)
+        letter = DeadLetter.model_validate_json(rec.value)
         original = base64.b64decode(letter.value_b64)
         where = sent.get(original)
         if where is None:
