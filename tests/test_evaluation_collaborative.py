@@ -27,6 +27,7 @@ from serving.evaluation import (
     run_eval,
     write_reports,
 )
+from serving.evaluation.report import markdown
 from serving.evaluation.run import CollaborativeSettings, collaborative_fit, collaborative_suite
 from streams.embeddings import CoEngagement, CoEngagementConfig, RefitConfig
 from streams.schemas import Engagement
@@ -230,3 +231,5 @@ def test_warmup_only_replays_the_warm_up_period_alone() -> None:
     assert warm["split_ts"] < full["split_ts"]
     assert warm["events"] < full["events"]
     assert warm["settings"]["warmup_only"] is True
+    assert "Validation run (`--warmup-only`)" in markdown(warm)
+    assert "Validation run" not in markdown(full)

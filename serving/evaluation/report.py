@@ -30,6 +30,16 @@ def markdown(report: dict[str, Any]) -> str:
         f"before it, then applied. 95% intervals: user-level bootstrap ({s['bootstrap']} "
         f"resamples). Encoder: {report['encoder']}.",
         "",
+        *(
+            [
+                "Validation run (`--warmup-only`): the warm-up period alone (the events before "
+                "the protocol's split), split the same way inside it; the test period is not "
+                "replayed.",
+                "",
+            ]
+            if s.get("warmup_only")
+            else []
+        ),
         f"| method | Recall@{k} | NDCG@{k} | HitRate@{k} | Coverage@{k} | fallbacks |",
         "|---|---|---|---|---|---|",
     ]
