@@ -2,7 +2,7 @@
 
 - ``data``: the catalogue, its embeddings and the engagement log a replay runs on.
 - ``methods``: the recommenders compared, one per module (popularity, last item, mean
-  embedding, PinnerSage).
+  embedding, PinnerSage, and those over collaborative vectors, static or refreshed).
 - ``replay``: the chronological replay; every test event ranked before it is applied.
 - ``metrics``: Recall/NDCG/HitRate/Coverage@K with user-level bootstrap intervals.
 - ``run``: the I/O side: datasets, the encoder, the method suite, the whole protocol.
@@ -15,6 +15,7 @@ from serving.evaluation.methods import (
     EVAL_ENGINE_CONFIG,
     Action,
     CapturedPinnerSage,
+    CollaborativeVectors,
     LastItem,
     MeanEmbedding,
     MedoidQuery,
@@ -45,6 +46,7 @@ __all__ = [
     "PRIMARY",
     "Action",
     "CapturedPinnerSage",
+    "CollaborativeVectors",
     "Estimate",
     "EvalSettings",
     "LastItem",

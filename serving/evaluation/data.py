@@ -42,6 +42,18 @@ class ReplayData:
         v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
         return ReplayData(self.name, self.item_ids, v, self.events, self.positive, self.weight)
 
+    def before(self, ts: int) -> ReplayData:
+        """The same catalogue with only the events strictly before ``ts``."""
+        n = sum(1 for e in self.events if e.ts < ts)  # events are in timestamp order
+        return ReplayData(
+            self.name,
+            self.item_ids,
+            self.vectors,
+            self.events[:n],
+            self.positive[:n],
+            self.weight[:n],
+        )
+
     def only_users(self, users: set[str]) -> ReplayData:
         keep = [i for i, e in enumerate(self.events) if e.user_id in users]
         return ReplayData(

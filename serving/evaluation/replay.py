@@ -238,43 +238,63 @@ def _score_chunk(
         if score_rows:
             s = np.stack([_as_scores(queries[e]) for e in score_rows])
             top[score_rows] = ranked_subset(s, score_rows, excl_cols, max_k)
-        vec_events = [e for e, q in enumerate(queries) if isinstance(q, VectorQuery)]
-        if vec_events:
-            vqs = [q for q in queries if isinstance(q, VectorQuery)]
-            q_matrix = np.concatenate([q.vectors for q in vqs]).astype(np.float32)
-            owner_local = np.repeat(np.arange(len(vqs)), [len(q.vectors) for q in vqs])
-            scores = q_matrix @ data.vectors.T
-            # Mask rows by their event's exclusions (rows repeat per event's query vectors).
-            row_excl = [excl_cols[vec_events[o]] for o in owner_local]
-            lens = np.array([len(c) for c in row_excl])
-            if lens.sum():
-                scores[
-                    np.repeat(np.arange(len(row_excl)), lens), np.concatenate(row_excl)
-                ] = -np.inf
-            row_top = _top_k(scores, max_k)
-            row_scores = np.take_along_axis(scores, row_top, axis=1)
-            starts = np.concatenate([[0], np.cumsum([len(q.vectors) for q in vqs])])
-            for j, (e, q) in enumerate(zip(vec_events, vqs, strict=True)):
-                a, b = starts[j], starts[j + 1]
-                if not q.blended:
-                    top[e] = row_top[a]
-                    continue
-                # Each medoid's list holds max_k unseen items, enough for blend to fill max_k
-                # slots exactly as it would from unbounded lists.
-                results = [
-                    list(
-                        zip(
-                            [data.item_ids[c] for c in row_top[r].tolist()],
-                            row_scores[r].tolist(),
-                            strict=True,
-                        )
-                    )
-                    for r in range(a, b)
-                ]
-                chosen = blend(results, q.importances.tolist(), max_k)
-                picked = [index_of[c.item_id] for c in chosen]
-                top[e, : len(picked)] = picked
+        # Queries are grouped by the item space they search (a refreshed method's queries
+        # span several versions of its vectors).
+        by_space: dict[int, list[int]] = {}
+        for e, q in enumerate(queries):
+            if isinstance(q, VectorQuery):
+                by_space.setdefault(id(q.catalogue), []).append(e)
+        for vec_events in by_space.values():
+            vqs = [q for e in vec_events if isinstance(q := queries[e], VectorQuery)]
+            _search(data, index_of, vqs, vec_events, excl_cols, max_k, top)
         finish(name, top)
+
+
+def _search(
+    data: ReplayData,
+    index_of: dict[str, int],
+    vqs: list[VectorQuery],
+    vec_events: list[int],
+    excl_cols: list[np.ndarray],
+    max_k: int,
+    top: np.ndarray,
+) -> None:
+    """Fill ``top[vec_events]`` from vector queries that all search the same item space."""
+    catalogue = vqs[0].catalogue if vqs[0].catalogue is not None else data.vectors
+    q_matrix = np.concatenate([q.vectors for q in vqs]).astype(np.float32)
+    owner_local = np.repeat(np.arange(len(vqs)), [len(q.vectors) for q in vqs])
+    scores = q_matrix @ catalogue.T
+    if vqs[0].catalogue is not None:
+        absent = ~catalogue.any(axis=1)
+        if absent.any():
+            scores[:, absent] = -np.inf  # items without a vector are not in this space
+    # Mask rows by their event's exclusions (rows repeat per event's query vectors).
+    row_excl = [excl_cols[vec_events[o]] for o in owner_local]
+    lens = np.array([len(c) for c in row_excl])
+    if lens.sum():
+        scores[np.repeat(np.arange(len(row_excl)), lens), np.concatenate(row_excl)] = -np.inf
+    row_top = _top_k(scores, max_k)
+    row_scores = np.take_along_axis(scores, row_top, axis=1)
+    row_top[row_scores == -np.inf] = -1  # fewer than max_k items left to rank: a short list
+    starts = np.concatenate([[0], np.cumsum([len(q.vectors) for q in vqs])])
+    for j, (e, q) in enumerate(zip(vec_events, vqs, strict=True)):
+        a, b = starts[j], starts[j + 1]
+        if not q.blended:
+            top[e] = row_top[a]
+            continue
+        # Each medoid's list holds max_k unseen items, enough for blend to fill max_k slots
+        # exactly as it would from unbounded lists.
+        results = [
+            [
+                (data.item_ids[c], s)
+                for c, s in zip(row_top[r].tolist(), row_scores[r].tolist(), strict=True)
+                if c >= 0
+            ]
+            for r in range(a, b)
+        ]
+        chosen = blend(results, q.importances.tolist(), max_k)
+        picked = [index_of[c.item_id] for c in chosen]
+        top[e, : len(picked)] = picked
 
 
 def ranked_subset(

@@ -30,6 +30,16 @@ def markdown(report: dict[str, Any]) -> str:
         f"before it, then applied. 95% intervals: user-level bootstrap ({s['bootstrap']} "
         f"resamples). Encoder: {report['encoder']}.",
         "",
+        *(
+            [
+                "Validation run (`--warmup-only`): the warm-up period alone (the events before "
+                "the protocol's split), split the same way inside it; the test period is not "
+                "replayed.",
+                "",
+            ]
+            if s.get("warmup_only")
+            else []
+        ),
         f"| method | Recall@{k} | NDCG@{k} | HitRate@{k} | Coverage@{k} | fallbacks |",
         "|---|---|---|---|---|---|",
     ]
@@ -47,6 +57,7 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for pair, d in report["comparisons"].items():
         lines.append(f"| {pair} | {_ci(d['recall_at_k'])} | {_ci(d['ndcg_at_k'])} |")
+    lines += _spaces_table(report)
     e = report["engine"]
     c = report["counts"]
     lines += [
@@ -73,6 +84,57 @@ def markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _spaces_table(report: dict[str, Any]) -> list[str]:
+    """Collaborative runs: each vector method in each item space, and refreshed - static."""
+    collab = report.get("collaborative")
+    if not collab:
+        return []
+    k, methods, comparisons = report["k"], report["methods"], report["comparisons"]
+    refreshed = collab["refresh_every"] > 0
+    spaces = [("_text", "text vectors")] if any(n.endswith("_text") for n in methods) else []
+    if refreshed:
+        spaces += [("_static", "collaborative, static"), ("", "collaborative, refreshed")]
+    else:
+        spaces += [("", "collaborative, static")]
+    head = " | ".join(f"{label}: Recall@{k} / NDCG@{k}" for _, label in spaces)
+    cadence = (
+        f"refit every {collab['refresh_every']} applied events of the test period, "
+        f"{collab['refits']} refits"
+        if refreshed
+        else "fit once"
+    )
+    lines = [
+        "",
+        f"Static vs refreshed (collaborative vectors {cadence}; "
+        f"{collab['static_items_with_vector']:,} items had a vector at the static fit):",
+        "",
+        f"| method | {head} |"
+        + (f" refreshed - static: Recall@{k} / NDCG@{k} |" if refreshed else ""),
+        "|---|" + "---|" * (len(spaces) + refreshed),
+    ]
+    for name in ("last_item", "mean_embedding", PRIMARY):
+        cells = [
+            f"{_ci(methods[name + s]['recall_at_k'])} / {_ci(methods[name + s]['ndcg_at_k'])}"
+            for s, _ in spaces
+        ]
+        if refreshed:
+            d = comparisons[f"{name} - {name}_static"]
+            cells.append(f"{_ci(d['recall_at_k'])} / {_ci(d['ndcg_at_k'])}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Plain names are the collaborative vectors"
+        + (" refit during the test period" if refreshed else "")
+        + "; `*_static`: fit once on the warm-up period; `*_text`: the text vectors (with the "
+        "engine's own merge threshold). A refit never sees an event before it is scored; users "
+        "are rebuilt in the new space at their next event or query. Items without a "
+        "collaborative vector (first engaged after the fit) are never retrieved in that space "
+        "and their actions wait in the user's log until a refit gives them one; a user with no "
+        "such action falls back to popularity (fallbacks).",
+    ]
+    return lines
 
 
 def plot_recall(report: dict[str, Any], path: Path) -> None:

@@ -6,12 +6,15 @@
 - ``mean_embedding``: nearest items to the time-decayed weighted mean of the user's history;
 - ``pinnersage*``: the interests engine (``streams.interests``); each query takes the top (or
   importance-sampled) medoids, searches around each, and blends the lists with
-  ``serving.blend.blend``, exactly as the live API does.
+  ``serving.blend.blend``, exactly as the live API does;
+- ``collaborative``: those vector methods over collaborative item vectors (co-engagement
+  PPMI-SVD, ``streams.embeddings``), fit once or refit during the replay.
 
 ``base`` holds what they share: the ``ReplayMethod`` protocol, its ``Action`` and its queries.
 """
 
 from serving.evaluation.methods.base import Action, Query, ReplayMethod, ScoreQuery, VectorQuery
+from serving.evaluation.methods.collaborative import CollaborativeVectors
 from serving.evaluation.methods.last_item import LastItem
 from serving.evaluation.methods.mean_embedding import MeanEmbedding
 from serving.evaluation.methods.pinnersage import (
@@ -26,6 +29,7 @@ __all__ = [
     "EVAL_ENGINE_CONFIG",
     "Action",
     "CapturedPinnerSage",
+    "CollaborativeVectors",
     "LastItem",
     "MeanEmbedding",
     "MedoidQuery",

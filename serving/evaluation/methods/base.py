@@ -11,11 +11,17 @@ import numpy as np
 
 @dataclass(frozen=True)
 class VectorQuery:
-    """Search around each row of ``vectors``; several rows are blended by ``importances``."""
+    """Search around each row of ``vectors``; several rows are blended by ``importances``.
+
+    ``catalogue`` is the item space searched (one row per catalogue item; a zero row is an item
+    without a vector, never retrieved); None: the replay's own ``ReplayData.vectors``. A method
+    whose item vectors change during the replay names the space its query was made in.
+    """
 
     vectors: np.ndarray
     importances: np.ndarray
     blended: bool = False
+    catalogue: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
