@@ -25,8 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from serving.datasets.movielens import MovieLensUnavailable, ensure_movielens
-from serving.evaluation import BASELINES, PRIMARY, EvalSettings, run_eval
-from serving.evaluation.run import ITEM_VECTORS
+from serving.evaluation import run_eval
+from serving.evaluation.settings import BASELINES, ITEM_VECTORS, PRIMARY, EvalSettings
 
 METHODS = (*BASELINES, PRIMARY)
 

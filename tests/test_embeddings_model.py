@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streams.embeddings import CoEngagement, CoEngagementConfig, ItemEmbedding, RefitConfig, ppmi
+from streams.embeddings.coengagement import CoEngagement
+from streams.embeddings.config import CoEngagementConfig, RefitConfig
+from streams.embeddings.refit import ItemEmbedding, ppmi
 
 DAY = 86_400_000
 

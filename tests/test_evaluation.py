@@ -28,12 +28,12 @@ from serving.evaluation import (
     VectorQuery,
     evaluate,
     method_suite,
-    metrics,
     recall_curve,
     replay_data,
     run_eval,
     write_reports,
 )
+from serving.evaluation.metrics import metrics
 from streams.interests import DAY_MS
 from streams.schemas import Engagement, Item
 

@@ -29,7 +29,8 @@ from serving.evaluation import (
 )
 from serving.evaluation.report import markdown
 from serving.evaluation.run import CollaborativeSettings, collaborative_fit, collaborative_suite
-from streams.embeddings import CoEngagement, CoEngagementConfig, RefitConfig
+from streams.embeddings.coengagement import CoEngagement
+from streams.embeddings.config import CoEngagementConfig, RefitConfig
 from streams.schemas import Engagement
 
 SETTINGS = EvalSettings(

@@ -9,8 +9,7 @@ from typing import Annotated
 import typer
 
 from serving.cli.common import setup_logging
-from serving.evaluation import DATASETS, EvalSettings
-from serving.evaluation.run import ITEM_VECTORS, CollaborativeSettings
+from serving.evaluation.settings import DATASETS, ITEM_VECTORS, CollaborativeSettings, EvalSettings
 
 _CS = CollaborativeSettings()
 

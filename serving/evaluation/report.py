@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from serving.evaluation.run import BASELINES, PRIMARY
+from serving.evaluation.settings import BASELINES, PRIMARY
 
 
 def _ci(e: dict[str, float], digits: int = 4) -> str:

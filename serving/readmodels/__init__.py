@@ -15,8 +15,9 @@ Snapshots and the restore from them: ``snapshots``; settings: ``config``; Promet
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from serving.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from serving.readmodels.config import ReadModelConfig
@@ -27,16 +28,11 @@ __all__ = ["ReadModelConfig", "ReadModels", "ServingMetrics"]
 
 # Loaded on first use: the command line reads ReadModelConfig's defaults for its help texts
 # and should not pay for the stores, the index and the Kafka clients.
-_MODULE_OF = {
-    "ReadModelConfig": "serving.readmodels.config",
-    "ReadModels": "serving.readmodels.replica",
-    "ServingMetrics": "serving.readmodels.metrics",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        "ReadModelConfig": "serving.readmodels.config",
+        "ReadModels": "serving.readmodels.replica",
+        "ServingMetrics": "serving.readmodels.metrics",
+    },
+)

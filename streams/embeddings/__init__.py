@@ -2,17 +2,6 @@
 
 ``coengagement`` keeps decayed item-item co-engagement statistics, one event at a time
 (``CoEngagement.learn_one``); ``refit`` turns a snapshot of them into unit item vectors
-(``ItemEmbedding.fit``: truncated SVD of a shifted PPMI matrix).
+(``ItemEmbedding.fit``: truncated SVD of a shifted PPMI matrix); ``config`` holds the settings of
+both. Import each from its module: the package loads nothing (scipy is for the models only).
 """
-
-from streams.embeddings.coengagement import CoEngagement, CoEngagementConfig, CoOccurrence
-from streams.embeddings.refit import ItemEmbedding, RefitConfig, ppmi
-
-__all__ = [
-    "CoEngagement",
-    "CoEngagementConfig",
-    "CoOccurrence",
-    "ItemEmbedding",
-    "RefitConfig",
-    "ppmi",
-]

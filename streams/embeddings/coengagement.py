@@ -28,36 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from streams.embeddings.config import CoEngagementConfig
+
 DAY_MS = 86_400_000
 # Rebase once an event is this many half-lives past the reference time (2**40 ~ 1e12).
 _REBASE_HALF_LIVES = 40.0
-
-
-@dataclass(frozen=True)
-class CoEngagementConfig:
-    """What counts as co-engagement and how fast it is forgotten. The defaults were chosen on
-    MovieLens 100k's warm-up period (docs/quality.md).
-
-    - ``window``: a new positive pairs with at most this many of the user's previous ones.
-    - ``window_days``: ... and only with those at most this many days older (``inf``: any age).
-    - ``half_life_days``: every pair's weight halves after this many days (``inf``: no decay).
-    - ``consolidate_every``: buffered pairs summed into the sparse matrix at a time.
-    - ``min_weight``: a decayed entry below this is dropped at consolidation.
-    """
-
-    window: int = 100
-    window_days: float = 7.0
-    half_life_days: float = 120.0
-    consolidate_every: int = 200_000
-    min_weight: float = 1e-3
-
-    def __post_init__(self) -> None:
-        if self.window < 1:
-            raise ValueError("window must be >= 1")
-        if not self.window_days > 0 or not self.half_life_days > 0:
-            raise ValueError("window_days and half_life_days must be > 0")
-        if self.consolidate_every < 1 or self.min_weight < 0:
-            raise ValueError("consolidate_every must be >= 1 and min_weight >= 0")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,26 +28,7 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
 from streams.embeddings.coengagement import CoOccurrence
-
-
-@dataclass(frozen=True)
-class RefitConfig:
-    """``rank``: dimensions; ``shift``: PPMI shift k (``max(pmi - log k, 0)``, 1 = plain PPMI);
-    ``alpha``: context-distribution smoothing (1 = none); ``eig_power``: singular-value weight
-    ``p`` of ``U S ** p``; ``seed``: ARPACK's start vector (fits are deterministic). The
-    defaults were chosen on MovieLens 100k's warm-up period (docs/quality.md)."""
-
-    rank: int = 192
-    shift: float = 1.0
-    alpha: float = 0.5
-    eig_power: float = 0.5
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.rank < 1:
-            raise ValueError("rank must be >= 1")
-        if not self.shift > 0 or not 0 < self.alpha <= 1:
-            raise ValueError("shift must be > 0 and alpha in (0, 1]")
+from streams.embeddings.config import RefitConfig
 
 
 def ppmi(matrix: sp.spmatrix, *, shift: float = 1.0, alpha: float = 0.75) -> sp.csr_matrix:

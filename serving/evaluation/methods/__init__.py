@@ -18,7 +18,6 @@ from serving.evaluation.methods.collaborative import CollaborativeVectors
 from serving.evaluation.methods.last_item import LastItem
 from serving.evaluation.methods.mean_embedding import MeanEmbedding
 from serving.evaluation.methods.pinnersage import (
-    EVAL_ENGINE_CONFIG,
     CapturedPinnerSage,
     MedoidQuery,
     PinnerSage,
@@ -26,7 +25,6 @@ from serving.evaluation.methods.pinnersage import (
 from serving.evaluation.methods.popularity import Popularity
 
 __all__ = [
-    "EVAL_ENGINE_CONFIG",
     "Action",
     "CapturedPinnerSage",
     "CollaborativeVectors",

@@ -26,7 +26,9 @@ from dataclasses import replace
 import numpy as np
 
 from serving.evaluation.methods.base import Action, Query, ReplayMethod, VectorQuery
-from streams.embeddings import CoEngagement, ItemEmbedding, RefitConfig
+from streams.embeddings.coengagement import CoEngagement
+from streams.embeddings.config import RefitConfig
+from streams.embeddings.refit import ItemEmbedding
 
 BuildMethods = Callable[[np.ndarray], list[ReplayMethod]]
 """``build(space)``: fresh, empty vector methods over ``space`` (one row per catalogue item)."""

@@ -12,11 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from serving.evaluation.methods.base import Action, Query, VectorQuery
+from serving.evaluation.settings import EVAL_ENGINE_CONFIG
 from streams.interests import InterestClusters, InterestConfig, unit
-
-# The engine configuration the evaluation uses unless told otherwise: the library defaults,
-# except that nothing expires (MovieLens ratings span seven months).
-EVAL_ENGINE_CONFIG = InterestConfig(window_days=3650.0)
 
 
 @dataclass(frozen=True)
