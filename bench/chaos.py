@@ -334,8 +334,10 @@ def serving_restart_log(role: Role) -> dict[str, Any]:
     text = role.log_path.read_text(errors="replace")
     since = text.rsplit("=== start ", 1)[-1]
     return {
-        "restored_a_snapshot": "replaying the tail" in since,
-        "ignored_a_broken_snapshot": "ignoring" in since and "snapshot" in since,
+        # The index came from a snapshot (else it was rebuilt from the replica's item store).
+        "index_snapshot_used": "no usable item-index snapshot" not in since,
+        # Snapshot generations found broken (checksum, size) and skipped.
+        "broken_snapshots_ignored": since.count("ignoring snapshot"),
         "tracebacks": since.count("Traceback"),
     }
 
