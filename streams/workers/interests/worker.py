@@ -286,10 +286,16 @@ class InterestsWorker:
                     break
                 chunk = await self._send_chunk(users[start : start + self.config.chunk_users])
                 if in_flight is not None:
-                    undone.extend(await self._finish_chunk(in_flight, rebalances, outcomes))
+                    undone.extend(
+                        await self._finish_chunk(
+                            in_flight, rebalances, outcomes, observe_latency=True
+                        )
+                    )
                 in_flight = chunk
             if in_flight is not None:
-                undone.extend(await self._finish_chunk(in_flight, rebalances, outcomes))
+                undone.extend(
+                    await self._finish_chunk(in_flight, rebalances, outcomes, observe_latency=True)
+                )
                 in_flight = None
         finally:
             if in_flight is not None:  # an error: let the chunk in flight end before going on
@@ -323,10 +329,11 @@ class InterestsWorker:
         return _Chunk(planned, results, outcomes, sent)
 
     async def _finish_chunk(
-        self, chunk: _Chunk, rebalances: int, outcomes: Tally[str]
+        self, chunk: _Chunk, rebalances: int, outcomes: Tally[str], *, observe_latency: bool
     ) -> list[Any]:
         """Write a chunk's results (table, records out); returns its events if a rebalance
-        began meanwhile (nothing written then)."""
+        began meanwhile (nothing written then). ``observe_latency``: the chunk applies users'
+        events (a sweep's chunk applies none, so it is no engagement's update latency)."""
         from faust.streams import _current_event
 
         results = await chunk.results
@@ -337,7 +344,6 @@ class InterestsWorker:
             await self.engine.clear()
             return [event for plan in chunk.planned for event, _ in plan.pairs]
         outcomes.update(chunk.outcomes)
-        observe = self.metrics.update_latency.observe
         refused: list[tuple[Planned, list[tuple[str, str]]]] = []
         for plan, result in zip(chunk.planned, results, strict=True):
             applied = sum(result.learned)
@@ -363,9 +369,11 @@ class InterestsWorker:
             self.states[user_id] = STATE_POSITION.pack(*plan.position) + result.blob
             # Sent with the batch's other records by delivery.confirm.
             self.outbox.add(USER_INTERESTS.name, user_id.encode(), result.record)
-        latency = time.perf_counter() - chunk.sent
-        for _ in chunk.planned:
-            observe(latency)
+        if observe_latency:
+            latency = time.perf_counter() - chunk.sent
+            observe = self.metrics.update_latency.observe
+            for _ in chunk.planned:
+                observe(latency)
         # Full record batches go now, while the engine works on the next chunk: the batch's
         # confirmation then waits only for its last records.
         await self.outbox.send_full()
@@ -417,7 +425,9 @@ class InterestsWorker:
                 batch = Batch(jobs, vectors.ids, vectors.matrix(), deleted, undeleted)
                 chunk = _Chunk(planned, self.engine.apply(batch), Tally(), time.perf_counter())
                 try:
-                    undone = await self._finish_chunk(chunk, rebalances, Tally())
+                    undone = await self._finish_chunk(
+                        chunk, rebalances, Tally(), observe_latency=False
+                    )
                 except EngineProcessError as exc:  # as in the agent: a supervisor restarts it
                     log.critical("%s: stopping the worker", exc)
                     await self.app.crash(exc)
