@@ -167,6 +167,18 @@ def test_an_item_the_encoder_fails_on_is_dead_lettered_alone_and_float16_travels
     )
     try:
         run_until(worker, lambda s: s.embedded == 9 and s.dead_lettered == 1)
+        # Idle polls after a dead letter commit nothing.
+        commits: list[float] = []
+        commit = worker._consumer.commit
+
+        def counting_commit() -> None:
+            commits.append(time.monotonic())
+            commit()
+
+        worker._consumer.commit = counting_commit  # type: ignore[method-assign]
+        for _ in range(3):
+            assert worker.run_once() == 0
+        assert commits == []
     finally:
         worker.close()
     recs = {
