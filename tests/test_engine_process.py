@@ -319,3 +319,12 @@ def test_the_local_engine_reports_its_errors_like_the_child_process() -> None:
         assert engine._host.states == {}  # forgotten, as the child forgets on an error
 
     asyncio.run(run())
+
+
+def test_the_worker_config_builds_what_records_publish_once_and_refuses_unknown_states() -> None:
+    from streams.workers.interests.config import InterestsWorkerConfig
+
+    config = InterestsWorkerConfig(published_interests=3, published_state="view")
+    assert config.publishing == Publishing(interests=3, members=5, state="view")
+    with pytest.raises(ValueError, match="published state must be view, full or none: 'all'"):
+        InterestsWorkerConfig(published_state="all")
