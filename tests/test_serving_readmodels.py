@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import numpy as np
 from confluent_kafka import Producer
 
 from serving.readmodels import ReadModels
@@ -113,9 +114,13 @@ def test_empty_and_keyless_records_are_dead_lettered_and_the_replica_goes_on(
     producer.produce(ENGAGEMENTS.name, value=b"", key=b"u0")
     producer.produce(ENGAGEMENTS.name, value=None, key=b"u0")
     assert producer.flush(10) == 0
+    # Another encoder's dimension (after 32-d records in its partition: the index has 32).
+    wide = embedding_record("wide", np.ones(48, dtype=np.float32))
+    with Publisher(settings) as pub:
+        pub.send(ITEM_EMBEDDINGS.name, wide.to_json(), key=wide.key)
     with read_models(settings, tmp_path / "r") as rm:
         assert rm.wait_ready(30), rm.status()
-        assert len(rm.catalog) == len(world.data.items)
+        assert len(rm.catalog) == len(world.data.items) and "wide" not in rm.catalog
         assert all(rm.profile(u) is not None for u in world.states)
         labels = {"topic": ENGAGEMENTS.name, "outcome": "invalid"}
         assert rm.metrics.registry.get_sample_value("recstream_serving_records_total", labels) == 2
@@ -123,7 +128,7 @@ def test_empty_and_keyless_records_are_dead_lettered_and_the_replica_goes_on(
         DeadLetter.model_validate_json(r.value or b"")
         for r in read_topic(settings, DEAD_LETTERS.name, idle_timeout_s=1.0)
     ]
-    assert sorted((x.source_topic, x.reason, x.rejected_by) for x in letters) == sorted(
+    expected = [
         (topic, reason, "serving")
         for topic in (ITEM_EMBEDDINGS.name, USER_INTERESTS.name)
         for reason in (
@@ -131,7 +136,11 @@ def test_empty_and_keyless_records_are_dead_lettered_and_the_replica_goes_on(
             "empty message (tombstone without a key)",
             "tombstone key is not UTF-8",
         )
+    ]
+    expected.append(
+        (ITEM_EMBEDDINGS.name, "48-d vector, but the index holds 32-d vectors", "serving")
     )
+    assert sorted((x.source_topic, x.reason, x.rejected_by) for x in letters) == sorted(expected)
 
 
 def test_restart_restores_the_snapshot_and_replays_only_the_tail(
