@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -235,19 +237,7 @@ def test_a_replica_killed_after_a_periodic_snapshot_restores_it_and_replays_only
     settings = fresh_broker.settings()
     world = make_world(users=10, items=200, events=800)
     publish_world(settings, world)
-    port = free_port()
-    api = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [
-            *[sys.executable, "-m", "serving.cli", "serve", "--port", str(port)],
-            *["--data-dir", str(tmp_path / "r"), "--snapshot-every-s", "0.5"],
-            *["--bootstrap-servers", fresh_broker.bootstrap_servers],
-        ],
-        env={**os.environ, **EMBEDDED_ENV},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with _killed_serve(fresh_broker, tmp_path / "r", snapshot_every_s=0.5) as (api, server):
         wait_for(lambda: _ok(f"{api}/readyz"), 60, what="ready", alive=[server])
         wait_for(
             lambda: ItemIndex.restore(tmp_path / "r" / "index") is not None,
@@ -258,9 +248,6 @@ def test_a_replica_killed_after_a_periodic_snapshot_restores_it_and_replays_only
         with Publisher(settings) as pub:
             pub.send(ITEM_EMBEDDINGS.name, new.to_json(), key=new.key)
         wait_for(lambda: _ok(f"{api}/items/brand-new"), 10, what="the new item served")
-    finally:
-        server.send_signal(signal.SIGKILL)
-        server.wait()
     rm = read_models(settings, tmp_path / "r")
     applied = _count_applied(rm)
     with rm:
@@ -280,26 +267,12 @@ def test_a_replica_killed_before_purging_a_deleted_user_purges_at_its_next_snaps
     record = interests_record(gone, next(iter(world.states.values())))
     with Publisher(settings) as pub:
         pub.send(USER_INTERESTS.name, record.to_json(), key=record.key)
-    port = free_port()
-    api = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [
-            *[sys.executable, "-m", "serving.cli", "serve", "--port", str(port)],
-            *["--data-dir", str(tmp_path / "r"), "--snapshot-every-s", "0"],
-            *["--bootstrap-servers", fresh_broker.bootstrap_servers],
-        ],
-        env={**os.environ, **EMBEDDED_ENV},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    # Killed before any snapshot, hence before any purge.
+    with _killed_serve(fresh_broker, tmp_path / "r", snapshot_every_s=0) as (api, server):
         wait_for(lambda: _ok(f"{api}/users/{gone}/interests"), 60, what="served", alive=[server])
         with Publisher(settings) as pub:
             pub.send(USER_INTERESTS.name, None, key=gone.encode())
         wait_for(lambda: _status(f"{api}/users/{gone}/interests") == 404, 10, what="deleted")
-    finally:
-        server.send_signal(signal.SIGKILL)  # before any snapshot, hence before any purge
-        server.wait()
 
     def holding() -> list[str]:
         files = (p for p in (tmp_path / "r").rglob("*") if p.is_file())
@@ -324,6 +297,30 @@ def _ok(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+@contextmanager
+def _killed_serve(
+    broker: EmbeddedBroker, data_dir: Path, *, snapshot_every_s: float
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``recstream serve`` in a subprocess, as (its base URL, the process); SIGKILLed after
+    the block, as a crash would stop it."""
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            *[sys.executable, "-m", "serving.cli", "serve", "--port", str(port)],
+            *["--data-dir", str(data_dir), "--snapshot-every-s", str(snapshot_every_s)],
+            *["--bootstrap-servers", broker.bootstrap_servers],
+        ],
+        env={**os.environ, **EMBEDDED_ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        server.send_signal(signal.SIGKILL)
+        server.wait()
 
 
 def _count_applied(rm: ReadModels) -> list[int]:
