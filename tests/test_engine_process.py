@@ -153,6 +153,7 @@ def test_deleted_items_leave_a_state_at_its_next_job() -> None:
         Batch([UserJob("u", None, False, [learn(3, 5)], False)], ids, vectors, ["i3"], [])
     )
     assert after.changed and host.states["u"].seen_items == {"i5"}
+    assert host.states["u"].seen_among({"i3", "i5", "i9"}) == {"i5"}
     # Deleted, then back: no longer dropped.
     host.apply(Batch([UserJob("u", None, False, [learn(4, 3)], False)], ids, vectors, [], ["i3"]))
     assert host.states["u"].seen_items == {"i3", "i5"}

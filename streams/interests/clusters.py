@@ -149,6 +149,10 @@ class InterestClusters:
     def seen_items(self) -> frozenset[str]:
         return frozenset(self._item_counts)
 
+    def seen_among(self, item_ids: set[str]) -> set[str]:
+        """Those of ``item_ids`` this state holds actions on (walks the smaller of the two)."""
+        return self._item_counts.keys() & item_ids
+
     def remembers(self, event_id: str) -> bool:
         return event_id in self._event_set
 

@@ -190,7 +190,7 @@ class EngineHost:
             changed = changed or ok
         # Lazy deletes: items deleted since this user's state last saw them.
         if self.deleted:
-            for item_id in [i for i in state.seen_items if i in self.deleted]:
+            for item_id in sorted(state.seen_among(self.deleted)):
                 changed = state.forget_item(item_id) or changed
         if not changed and not job.publish:
             return UserResult(job.user_id, learned, False, False, None, None, rejected)
