@@ -41,6 +41,9 @@ class DecayedPopularity:
         self._scores = np.zeros(max(1, initial_capacity), dtype=np.float64)
         self._ids: list[str] = []
         self._slot: dict[str, int] = {}
+        # Ids forgotten since their owner last cleared this (in memory only): a snapshot leaves
+        # them out even when engagements replayed after the delete counted them again.
+        self.forgotten: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._slot)
@@ -73,7 +76,9 @@ class DecayedPopularity:
         np.add.at(self._scores, slots, contrib)
 
     def forget(self, item_id: str) -> bool:
-        """Drop an item (deleted from the catalog); returns whether it was known."""
+        """Drop an item (deleted from the catalog; noted in ``forgotten``); returns whether it
+        was known."""
+        self.forgotten.add(item_id)
         slot = self._slot.pop(item_id, None)
         if slot is None:
             return False

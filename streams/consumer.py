@@ -1,11 +1,12 @@
 """A kafka-python consumer that validates every message and dead-letters the bad ones.
 
-Used by the encoder worker and the serving read models. Valid messages come back as
-``Accepted`` (with the decoded event); invalid ones go to ``dead-letters`` with the original
-bytes, the reason and their topic/partition/offset, and the consumer goes on. A tombstone
-(null value, keyed) on a compacted topic is accepted with ``event=None``; an empty message
-anywhere else, a keyless tombstone included, is dead-lettered. Each poll's letters are settled
-(written, or their loss logged) before it returns, so a commit after it never passes one.
+Used by the encoder worker and tools (serving's read models have their own ``TopicConsumer``).
+Valid messages come back as ``Accepted`` (with the decoded event); invalid ones go to
+``dead-letters`` with the original bytes, the reason and their topic/partition/offset, and the
+consumer goes on. A tombstone (null value, keyed) on a compacted topic is accepted with
+``event=None``; an empty message anywhere else, a keyless tombstone included, is dead-lettered.
+Each poll's letters are settled (written, or their loss logged) before it returns, so a commit
+after it never passes one.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ class ValidatingConsumer:
         rejected_by: str,
         group_id: str | None = None,
         max_poll_records: int = 2000,
-        dead_letters: DeadLetters | None = None,
         **consumer_options: Any,
     ) -> None:
         from kafka import KafkaConsumer, TopicPartition
@@ -68,11 +68,8 @@ class ValidatingConsumer:
             self._consumer.seek_to_beginning(*tps)
         else:
             self._consumer.subscribe(self.topics)
-        self._own_producer = None
-        if dead_letters is None:
-            self._own_producer = letter_producer(settings)
-            dead_letters = DeadLetters(self._own_producer, rejected_by=rejected_by)
-        self.dead_letters = dead_letters
+        self._producer = letter_producer(settings)
+        self.dead_letters = DeadLetters(self._producer, rejected_by=rejected_by)
 
     @property
     def kafka(self) -> Any:
@@ -113,8 +110,7 @@ class ValidatingConsumer:
             self._consumer.close()
         finally:
             self.dead_letters.settle()
-            if self._own_producer is not None:
-                self._own_producer.close()
+            self._producer.close()
 
     def __enter__(self) -> ValidatingConsumer:
         return self

@@ -36,6 +36,10 @@ MAX_ORIGINAL_BYTES = (LETTER_MAX_BYTES - _ENVELOPE_MAX_BYTES) // 4 * 3
 """Originals up to this size (688,560 bytes) travel whole, in base64 (4 bytes for every 3); of a
 larger one, this many first bytes."""
 
+# kafka-python gives up on a record after its delivery timeout (120 s), but a flush can hang
+# past it when the broker dies mid-request: a letter not confirmed by then is taken as refused.
+_SETTLE_TIMEOUT_S = 130.0
+
 log = logging.getLogger(__name__)
 
 
@@ -163,18 +167,11 @@ class DeadLetters:
         producer: LetterProducer,
         *,
         rejected_by: str,
-        topic: str = DEAD_LETTERS.name,
         on_lost: Callable[[DeadLetter], None] | None = None,
-        settle_timeout_s: float = 130.0,
     ):
         self._producer = producer
         self.rejected_by = rejected_by
-        self.topic = topic
         self._on_lost = on_lost
-        # kafka-python gives up on a record after its delivery timeout (120 s), but a flush can
-        # hang past it when the broker dies mid-request: a letter not confirmed by then is
-        # taken as refused.
-        self.settle_timeout_s = settle_timeout_s
         self.count = 0  # messages rejected
         self.lost = 0  # of them, messages whose letter was refused even without their bytes
         self._in_flight: list[tuple[DeadLetter, Any, bool]] = []  # (letter, future, stand-in)
@@ -207,7 +204,7 @@ class DeadLetters:
         """Wait until every letter sent is written or replaced (see the class); never raises."""
         while self._in_flight:
             try:
-                self._producer.flush(timeout=self.settle_timeout_s)
+                self._producer.flush(timeout=_SETTLE_TIMEOUT_S)
             except Exception:  # the futures below say what failed
                 log.debug("flushing dead letters failed", exc_info=True)
             in_flight, self._in_flight = self._in_flight, []
@@ -220,7 +217,7 @@ class DeadLetters:
     def _send(self, letter: DeadLetter, *, stand_in: bool) -> None:
         try:
             future = self._producer.send(
-                self.topic, value=letter_bytes(letter), key=letter_key(letter)
+                DEAD_LETTERS.name, value=letter_bytes(letter), key=letter_key(letter)
             )
         except Exception as exc:  # refused by the producer itself (size, metadata, buffer)
             self._refused(letter, exc, stand_in)

@@ -9,8 +9,8 @@ next offset into one `Batch`:
   item the partition's last record wins, a tombstone (keyed by the item id) deletes it (one
   without a key, or with a key that is not UTF-8, is rejected);
 - an item store holds one dimension: a record of another is rejected. The reader says which
-  dimension holds (the worker its item store's, serving its index's); none yet: the first
-  record applied fixes it;
+  dimension holds and what holds it (the worker its item store's, serving its index's), so the
+  reason is the reader's own; none yet: the first record applied fixes it;
 - records that cannot be applied come back as `Rejection` s with their reason: the reader
   decides whether to log or to dead-letter them.
 
@@ -46,11 +46,10 @@ class Record(Protocol):
 
 @dataclass(frozen=True)
 class Rejection:
-    """A record not applied: ``embedding`` is set when it decoded but has another dimension."""
+    """A record not applied, and why."""
 
     record: Any
     reason: str
-    embedding: ItemEmbedding | None = None
 
 
 @dataclass
@@ -79,13 +78,15 @@ def materialize(
     batch: Batch,
     *,
     dim: int | None,
+    holder: str = "the item store",
     normalize: bool = False,
     metadata: Callable[[ItemEmbedding], Mapping[str, Any]] | None = None,
 ) -> ItemChanges:
     """Write one partition's ``records`` to ``items`` and the next offset to ``offsets``, all
-    into ``batch``; records of another dimension than ``dim`` are rejected (None: the first
-    record applied fixes it). ``normalize`` stores unit-length vectors; ``metadata`` gives the
-    metadata stored with each item (none by default). Nothing is written for no records."""
+    into ``batch``; records of another dimension than ``dim``, which ``holder`` holds (named in
+    the reason), are rejected (None: the first record applied fixes it). ``normalize`` stores
+    unit-length vectors; ``metadata`` gives the metadata stored with each item (none by
+    default). Nothing is written for no records."""
     changes = ItemChanges(dim=dim)
     # Item id -> (record, its vector), None for deleted; later records win.
     latest: dict[str, tuple[ItemEmbedding, np.ndarray] | None] = {}
@@ -104,8 +105,8 @@ def materialize(
         if changes.dim is None:
             changes.dim = rec.dim
         elif rec.dim != changes.dim:
-            reason = f"vector dim {rec.dim} differs from {changes.dim}"
-            changes.rejected.append(Rejection(m, reason, rec))
+            reason = f"{rec.dim}-d vector, but {holder} holds {changes.dim}-d vectors"
+            changes.rejected.append(Rejection(m, reason))
             continue
         latest[rec.item_id] = (rec, vector)
     if last < 0:

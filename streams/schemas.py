@@ -221,7 +221,7 @@ class ItemEmbedding(_Event):
 
 class InterestSummary(BaseModel):
     """One interest of a ``user-interests`` record: the validated wire form of what the engine
-    publishes (``InterestClusters.summaries``)."""
+    publishes (``InterestClusters.published``)."""
 
     model_config = ConfigDict(frozen=True)
 

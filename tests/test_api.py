@@ -108,11 +108,15 @@ def test_a_record_of_an_older_worker_without_actions_is_still_served(
     older.update(user_id="older-worker-user", state=base64.b64encode(state.to_bytes()).decode())
     with Publisher(broker.settings()) as pub:
         pub.send(USER_INTERESTS.name, json.dumps(older).encode(), key=b"older-worker-user")
+    # Applied live, the record's cached profile tells when (a moment after the store has it).
     wait_until(
-        lambda: api.get("/users/older-worker-user/interests").status_code == 200, 30, "the record"
+        lambda: bool(api.get("/users/older-worker-user/interests").json().get("applied_ms")),
+        30,
+        "the record applied",
     )
     body = api.get("/users/older-worker-user/interests", params={"points": True}).json()
     assert body["points"] == []
+    assert body["freshness_ms"] == max(body["applied_ms"] - older["last_event_ts"], 0)
     assert [i["medoid"] for i in body["interests"]] == [i["medoid"] for i in older["interests"]]
     told = {m for i in older["interests"] for m in (i["medoid"], *i["members"])}
     recs = api.get("/users/older-worker-user/recommendations", params={"k": 30}).json()

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +19,7 @@ import pytest
 from encoders.export import export_text_encoder
 from encoders.session import EncoderSession
 from encoders.text_model import build_tiny_text_encoder
-from streams.broker import EmbeddedBroker
+from streams.broker import EMBEDDED_ENV, EmbeddedBroker
 from streams.publish import Publisher
 from streams.replay import read_topic
 from streams.schemas import DeadLetter, Item, ItemDeleted, ItemEmbedding, decode_for_topic
@@ -25,11 +28,16 @@ from streams.workers.encoder import EncoderWorker, EncoderWorkerStats
 
 
 @pytest.fixture(scope="module")
-def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> EncoderSession:
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny-encoder")
     source = build_tiny_text_encoder(root / "source", dim=32)
     export_text_encoder(root / "model", source=source)
-    return EncoderSession(root / "model", variant="fp32")
+    return root / "model"
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tiny_model_dir: Path) -> EncoderSession:
+    return EncoderSession(tiny_model_dir, variant="fp32")
 
 
 def run_until(
@@ -171,6 +179,18 @@ def test_an_item_the_encoder_fails_on_is_dead_lettered_alone_and_float16_travels
     )
     try:
         run_until(worker, lambda s: s.embedded == 9 and s.dead_lettered == 1)
+        # Idle polls after a dead letter commit nothing.
+        commits: list[float] = []
+        commit = worker._consumer.commit
+
+        def counting_commit() -> None:
+            commits.append(time.monotonic())
+            commit()
+
+        worker._consumer.commit = counting_commit  # type: ignore[method-assign]
+        for _ in range(3):
+            assert worker.run_once() == 0
+        assert commits == []
     finally:
         worker.close()
     recs = {
@@ -323,3 +343,35 @@ def test_a_commit_the_frozen_broker_never_answers_is_not_fatal_and_the_next_one_
 def test_an_unknown_vector_dtype_is_refused(fresh_broker: EmbeddedBroker) -> None:
     with pytest.raises(ValueError, match="vector_dtype"):
         EncoderWorker(fresh_broker.settings(), None, vector_dtype="int8")  # type: ignore[arg-type]
+
+
+def test_the_encoder_worker_command_stops_cleanly_on_sighup(
+    fresh_broker: EmbeddedBroker, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """``recstream worker encoder`` stops on every stop signal of ``streams.signals`` (SIGHUP: the
+    terminal closed), after its batch, and exits 0."""
+    settings = fresh_broker.settings()
+    with Publisher(settings) as pub:
+        pub.publish(Item(item_id="i0", text="garden tools", ts=1))
+    log = tmp_path / "encoder.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "serving.cli", "worker", "encoder"),
+                *("--model-dir", str(tiny_model_dir), "--variant", "fp32"),
+                *("--bootstrap-servers", fresh_broker.bootstrap_servers),
+            ],
+            env={**os.environ, **EMBEDDED_ENV},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(read_topic(settings, ITEM_EMBEDDINGS.name, idle_timeout_s=0.5)):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=15) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -153,6 +153,7 @@ def test_deleted_items_leave_a_state_at_its_next_job() -> None:
         Batch([UserJob("u", None, False, [learn(3, 5)], False)], ids, vectors, ["i3"], [])
     )
     assert after.changed and host.states["u"].seen_items == {"i5"}
+    assert host.states["u"].seen_among({"i3", "i5", "i9"}) == {"i5"}
     # Deleted, then back: no longer dropped.
     host.apply(Batch([UserJob("u", None, False, [learn(4, 3)], False)], ids, vectors, [], ["i3"]))
     assert host.states["u"].seen_items == {"i3", "i5"}
@@ -319,3 +320,12 @@ def test_the_local_engine_reports_its_errors_like_the_child_process() -> None:
         assert engine._host.states == {}  # forgotten, as the child forgets on an error
 
     asyncio.run(run())
+
+
+def test_the_worker_config_builds_what_records_publish_once_and_refuses_unknown_states() -> None:
+    from streams.workers.interests.config import InterestsWorkerConfig
+
+    config = InterestsWorkerConfig(published_interests=3, published_state="view")
+    assert config.publishing == Publishing(interests=3, members=5, state="view")
+    with pytest.raises(ValueError, match="published state must be view, full or none: 'all'"):
+        InterestsWorkerConfig(published_state="all")

@@ -117,11 +117,11 @@ def test_top_medoids_are_members_ranked_by_decayed_importance(generated) -> None
         assert np.allclose(interest.medoid_vector, vectors[interest.medoid], atol=1e-6)
 
 
-def test_summaries_say_what_top_medoids_say(generated) -> None:  # type: ignore[no-untyped-def]
+def test_published_summaries_say_what_top_medoids_say(generated) -> None:  # type: ignore[no-untyped-def]
     data, vectors = generated
     for state in run_users(data, vectors, InterestConfig()).values():
         now = state.last_ts + DAY_MS
-        assert state.summaries(10, now, members=5) == [
+        assert state.published(10, now, members=5)[0] == [
             (i.medoid, i.importance, i.size, i.members[:5]) for i in state.top_medoids(10, now)
         ]
 

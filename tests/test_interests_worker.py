@@ -311,12 +311,25 @@ def test_deleted_items_are_swept_from_stored_states_and_parking_is_bounded(
             "x0",
             "x1",
         ]
+        # All eight events counted: their batches' update latencies are observed.
+        wait_for(
+            lambda: (
+                _metric(port, "recstream_interest_events_total", outcome="applied") == 3
+                and _metric(port, "recstream_interest_events_total", outcome="parked") == 5
+            ),
+            20,
+            what="every event counted",
+        )
+        updates = _metric(port, "recstream_interest_update_seconds_count")
+        assert updates >= 1
         # i1 is deleted: the worker sweeps it from the stored state and publishes the user's
         # record again, without waiting for the user's next event.
         with Publisher(settings) as pub:
             pub.send(ITEM_EMBEDDINGS.name, None, key=b"i1")
         wait_for(lambda: seen() == {"i0", "i2"}, 20, what="i1 swept", alive=[proc])
         assert _metric(port, "recstream_interest_swept_states_total") == 1
+        # A sweep applies no engagement: it is no update latency.
+        assert _metric(port, "recstream_interest_update_seconds_count") == updates
         # x2 is deleted too (it never had an embedding): its parked engagement waits no more.
         with Publisher(settings) as pub:
             pub.send(ITEM_EMBEDDINGS.name, None, key=b"x2")

@@ -111,9 +111,9 @@ def test_a_bad_record_is_reported_with_its_reason_and_the_others_apply(db: State
     short["dim"] = 3  # the vector holds 2 values
     records = _records(b"not json", good, json.dumps(short).encode())
     changes = _apply(db, records)
-    assert [(r.record.offset, r.reason, r.embedding) for r in changes.rejected] == [
-        (0, "not JSON: Expecting value: line 1 column 1 (char 0)", None),
-        (2, "vector has 2 values, dim says 3", None),
+    assert [(r.record.offset, r.reason) for r in changes.rejected] == [
+        (0, "not JSON: Expecting value: line 1 column 1 (char 0)"),
+        (2, "vector has 2 values, dim says 3"),
     ]
     assert changes.upserted_ids == ["a"] and "b" not in db.items
     assert db.offsets.load() == {f"{TOPIC}:2": 3}  # past the bad records too
@@ -123,10 +123,12 @@ def test_a_record_of_another_dimension_is_reported_and_the_item_keeps_its_vector
     db: StateDB,
 ) -> None:
     wide = _embedding("a", [1, 2, 3])
-    changes = _apply(db, _records(_embedding("a", [1, 0]), wide, _embedding("b", [0, 1])), dim=2)
+    records = _records(_embedding("a", [1, 0]), wide, _embedding("b", [0, 1]))
+    changes = _apply(db, records, dim=2, holder="the index")
     [rejection] = changes.rejected
-    assert rejection.record.offset == 1 and rejection.embedding == wide
-    assert rejection.reason == "vector dim 3 differs from 2"
+    assert rejection.record.offset == 1 and rejection.record.value == wide.to_json()
+    # The reader names what holds the dimension (by default the item store written).
+    assert rejection.reason == "3-d vector, but the index holds 2-d vectors"
     assert changes.upserted_ids == ["a", "b"] and changes.dim == 2
     np.testing.assert_array_equal(db.items.vectors(["a"])[1], [[1, 0]])
 
@@ -135,7 +137,9 @@ def test_without_a_dimension_the_first_record_fixes_it(db: StateDB) -> None:
     records = _records(_embedding("a", [1, 2, 3]), _embedding("b", [1, 0]))
     changes = _apply(db, records, dim=None)
     assert changes.dim == 3 and changes.upserted_ids == ["a"]
-    assert [r.embedding.item_id for r in changes.rejected if r.embedding] == ["b"]
+    assert [(r.record.key, r.reason) for r in changes.rejected] == [
+        (b"b", "2-d vector, but the item store holds 3-d vectors")
+    ]
     assert db.items.dim == 3
 
 

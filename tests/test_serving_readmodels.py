@@ -6,9 +6,12 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import numpy as np
 from confluent_kafka import Producer
 
 from serving.readmodels import ReadModels
@@ -113,9 +116,13 @@ def test_empty_and_keyless_records_are_dead_lettered_and_the_replica_goes_on(
     producer.produce(ENGAGEMENTS.name, value=b"", key=b"u0")
     producer.produce(ENGAGEMENTS.name, value=None, key=b"u0")
     assert producer.flush(10) == 0
+    # Another encoder's dimension (after 32-d records in its partition: the index has 32).
+    wide = embedding_record("wide", np.ones(48, dtype=np.float32))
+    with Publisher(settings) as pub:
+        pub.send(ITEM_EMBEDDINGS.name, wide.to_json(), key=wide.key)
     with read_models(settings, tmp_path / "r") as rm:
         assert rm.wait_ready(30), rm.status()
-        assert len(rm.catalog) == len(world.data.items)
+        assert len(rm.catalog) == len(world.data.items) and "wide" not in rm.catalog
         assert all(rm.profile(u) is not None for u in world.states)
         labels = {"topic": ENGAGEMENTS.name, "outcome": "invalid"}
         assert rm.metrics.registry.get_sample_value("recstream_serving_records_total", labels) == 2
@@ -123,7 +130,7 @@ def test_empty_and_keyless_records_are_dead_lettered_and_the_replica_goes_on(
         DeadLetter.model_validate_json(r.value or b"")
         for r in read_topic(settings, DEAD_LETTERS.name, idle_timeout_s=1.0)
     ]
-    assert sorted((x.source_topic, x.reason, x.rejected_by) for x in letters) == sorted(
+    expected = [
         (topic, reason, "serving")
         for topic in (ITEM_EMBEDDINGS.name, USER_INTERESTS.name)
         for reason in (
@@ -131,7 +138,11 @@ def test_empty_and_keyless_records_are_dead_lettered_and_the_replica_goes_on(
             "empty message (tombstone without a key)",
             "tombstone key is not UTF-8",
         )
+    ]
+    expected.append(
+        (ITEM_EMBEDDINGS.name, "48-d vector, but the index holds 32-d vectors", "serving")
     )
+    assert sorted((x.source_topic, x.reason, x.rejected_by) for x in letters) == sorted(expected)
 
 
 def test_restart_restores_the_snapshot_and_replays_only_the_tail(
@@ -149,6 +160,10 @@ def test_restart_restores_the_snapshot_and_replays_only_the_tail(
         pub.send(ITEM_EMBEDDINGS.name, None, key=b"i1")
         pub.publish(Engagement(event_id="p1", user_id="zz", item_id="i5", action="view", ts=1))
         pub.publish(Engagement(event_id="p2", user_id="zz", item_id="i6", action="view", ts=1))
+        # On an item whose embedding has not come yet: counted, and kept by the snapshot.
+        pub.publish(
+            Engagement(event_id="p3", user_id="zz", item_id="not-embedded", action="view", ts=1)
+        )
         # p1 again, as the interests worker re-sends a parked engagement: counted once.
         p1 = Engagement(event_id="p1", user_id="zz", item_id="i5", action="view", ts=1)
         pub.send(ENGAGEMENTS.name, p1.to_json(), key=p1.key, headers=[RESENT_HEADER])
@@ -161,8 +176,15 @@ def test_restart_restores_the_snapshot_and_replays_only_the_tail(
         assert len(rm2.catalog) == len(world.data.items)  # +1 new, -1 deleted
         assert rm2.popularity.score("i5", 1) > 0
         assert rm2.popularity.score("i5", 1) == rm2.popularity.score("i6", 1)
-        assert sum(applied) == 5  # the tail only, not the 200 items and 10 users again
+        assert sum(applied) == 6  # the tail only, not the 200 items and 10 users again
         assert rm2.profile("u1").n_actions == world.states["u1"].n_actions  # type: ignore[union-attr]
+        counted = rm2.popularity.score("i6", 1)
+        assert rm2.popularity.score("not-embedded", 1) == counted
+    # rm2's closing snapshot keeps the count of the item without an embedding, not the deleted
+    # item's.
+    with read_models(settings, tmp_path / "r") as rm3:
+        assert rm3.popularity.score("not-embedded", 1) == counted
+        assert "i1" not in rm3.popularity and "i6" in rm3.popularity
 
 
 def _positions(rm: ReadModels) -> dict[tuple[str, int], float]:
@@ -255,19 +277,7 @@ def test_a_replica_killed_after_a_periodic_snapshot_restores_it_and_replays_only
     settings = fresh_broker.settings()
     world = make_world(users=10, items=200, events=800)
     publish_world(settings, world)
-    port = free_port()
-    api = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [
-            *[sys.executable, "-m", "serving.cli", "serve", "--port", str(port)],
-            *["--data-dir", str(tmp_path / "r"), "--snapshot-every-s", "0.5"],
-            *["--bootstrap-servers", fresh_broker.bootstrap_servers],
-        ],
-        env={**os.environ, **EMBEDDED_ENV},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with _killed_serve(fresh_broker, tmp_path / "r", snapshot_every_s=0.5) as (api, server):
         wait_for(lambda: _ok(f"{api}/readyz"), 60, what="ready", alive=[server])
         wait_for(
             lambda: ItemIndex.restore(tmp_path / "r" / "index") is not None,
@@ -278,9 +288,6 @@ def test_a_replica_killed_after_a_periodic_snapshot_restores_it_and_replays_only
         with Publisher(settings) as pub:
             pub.send(ITEM_EMBEDDINGS.name, new.to_json(), key=new.key)
         wait_for(lambda: _ok(f"{api}/items/brand-new"), 10, what="the new item served")
-    finally:
-        server.send_signal(signal.SIGKILL)
-        server.wait()
     rm = read_models(settings, tmp_path / "r")
     applied = _count_applied(rm)
     with rm:
@@ -300,26 +307,12 @@ def test_a_replica_killed_before_purging_a_deleted_user_purges_at_its_next_snaps
     record = interests_record(gone, next(iter(world.states.values())))
     with Publisher(settings) as pub:
         pub.send(USER_INTERESTS.name, record.to_json(), key=record.key)
-    port = free_port()
-    api = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [
-            *[sys.executable, "-m", "serving.cli", "serve", "--port", str(port)],
-            *["--data-dir", str(tmp_path / "r"), "--snapshot-every-s", "0"],
-            *["--bootstrap-servers", fresh_broker.bootstrap_servers],
-        ],
-        env={**os.environ, **EMBEDDED_ENV},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    # Killed before any snapshot, hence before any purge.
+    with _killed_serve(fresh_broker, tmp_path / "r", snapshot_every_s=0) as (api, server):
         wait_for(lambda: _ok(f"{api}/users/{gone}/interests"), 60, what="served", alive=[server])
         with Publisher(settings) as pub:
             pub.send(USER_INTERESTS.name, None, key=gone.encode())
         wait_for(lambda: _status(f"{api}/users/{gone}/interests") == 404, 10, what="deleted")
-    finally:
-        server.send_signal(signal.SIGKILL)  # before any snapshot, hence before any purge
-        server.wait()
 
     def holding() -> list[str]:
         files = (p for p in (tmp_path / "r").rglob("*") if p.is_file())
@@ -344,6 +337,30 @@ def _ok(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+@contextmanager
+def _killed_serve(
+    broker: EmbeddedBroker, data_dir: Path, *, snapshot_every_s: float
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``recstream serve`` in a subprocess, as (its base URL, the process); SIGKILLed after
+    the block, as a crash would stop it."""
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            *[sys.executable, "-m", "serving.cli", "serve", "--port", str(port)],
+            *["--data-dir", str(data_dir), "--snapshot-every-s", str(snapshot_every_s)],
+            *["--bootstrap-servers", broker.bootstrap_servers],
+        ],
+        env={**os.environ, **EMBEDDED_ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        server.send_signal(signal.SIGKILL)
+        server.wait()
 
 
 def _count_applied(rm: ReadModels) -> list[int]:

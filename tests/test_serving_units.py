@@ -48,6 +48,7 @@ def test_popularity_survives_long_horizons_forgets_and_round_trips() -> None:
     assert pop.top(1, now)[0][0] == f"i{199 % 3}"
     assert all(np.isfinite(s) for _, s in pop.top(3, now))
     assert pop.forget("i0") and not pop.forget("i0")
+    assert pop.forgotten == {"i0"}  # what the next snapshot leaves out
     back = DecayedPopularity.from_bytes(pop.to_bytes())
     assert [i for i, _ in back.top(3, now)] == [i for i, _ in pop.top(3, now)]
     assert [s for _, s in back.top(3, now)] == pytest.approx([s for _, s in pop.top(3, now)])

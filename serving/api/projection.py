@@ -26,7 +26,7 @@ def projection(record: UserInterests, rm: ReadModels, max_points: int) -> list[d
     found, vectors = rm.item_vectors(list(latest))
     row_of = {item_id: row for row, item_id in enumerate(found)}
     shown = [item_id for item_id in latest if item_id in row_of][:max_points]
-    xy = pca2(unit_rows(vectors[[row_of[i] for i in shown]]))
+    xy = pca2(vectors[[row_of[i] for i in shown]])  # the replica stores unit vectors
     medoids = {i.medoid for i in record.interests}
     points = []
     for item_id, (x, y) in zip(shown, xy.tolist(), strict=True):
@@ -44,13 +44,6 @@ def projection(record: UserInterests, rm: ReadModels, max_points: int) -> list[d
             }
         )
     return points
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length, as float32 (the engine clusters unit vectors)."""
-    x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64)).astype(np.float32)
-    return x / np.where(norms > 0, norms, np.float32(1.0))[:, None]
 
 
 def pca2(x: np.ndarray) -> np.ndarray:

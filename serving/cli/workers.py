@@ -190,9 +190,9 @@ def worker_encoder(
     ] = VectorDtype.float32,
     bootstrap_servers: Bootstrap = None,
 ) -> None:
-    """Items -> ONNX text encoder (batched) -> item-embeddings."""
-    import signal
-
+    """Items -> ONNX text encoder (batched) -> item-embeddings (SIGINT, SIGTERM or SIGHUP stop
+    it after the batch at hand)."""
+    from streams.signals import stop_on_signals
     from streams.topics import ensure_topics
     from streams.workers.encoder import EncoderWorker
 
@@ -202,11 +202,10 @@ def worker_encoder(
     worker = EncoderWorker(
         settings, _encoder(model_dir, variant), max_batch=max_batch, vector_dtype=vector_dtype.value
     )
-    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     try:
-        worker.run()
-    except KeyboardInterrupt:
-        pass
+        with stop_on_signals() as stop:
+            while not stop.is_set():
+                worker.run_once()
     finally:
         worker.close()
 

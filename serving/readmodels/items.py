@@ -66,15 +66,12 @@ class ItemMaterializer:
             self.offsets,
             b,
             dim=dim,
+            holder="the index",
             normalize=True,
             metadata=_catalog_metadata,
         )
         for rejection in changes.rejected:
-            reason = rejection.reason
-            if rejection.embedding is not None:
-                got = rejection.embedding.dim
-                reason = f"vector dim {got} differs from the index's {changes.dim}"
-            self._reject(rejection.record, tp, reason)
+            self._reject(rejection.record, tp, rejection.reason)
         puts = changes.upserted
         if puts:
             if self.index is None:

@@ -172,6 +172,10 @@ class ReadModels:
     def record(self, user_id: str) -> UserInterests | None:
         return self._users.record(user_id)
 
+    def cached_applied_ms(self, user_id: str) -> int:
+        """When the user's cached profile was applied (0 if unknown): no store read."""
+        return self._users.cached_applied_ms(user_id)
+
     def item_vectors(self, ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
         """Stored vectors of the ids found (for projections)."""
         return self.db.items.vectors(list(ids))

@@ -6,13 +6,14 @@ stores, whose offsets commit with their writes). A restart restores the newest i
 snapshots, rebuilds the catalog from the item store, and replays only the tail of each topic
 (replaying a compacted record twice is harmless: the last one wins).
 
-Deletes leave nothing behind: the index file carries no deleted vector, popularity only live
-items. The snapshot after an item's delete keeps no older generation (they hold the item) and
-purges the item store; the snapshot after a user's or an item's delete, and the one after it
-(which sees the records the interests worker republishes without a deleted item), purge the
-user stores (`StateDB.purge`: their deleted and superseded records leave the files). That a
-purge is owed is kept in the store (``StateDB.mark_purge_due``): a replica stopped or killed
-before it purges both stores at its first snapshot after the restart.
+Deletes leave nothing behind: the index file carries no deleted vector, popularity no item
+deleted since the last snapshot (items engaged with before their embedding came stay). The
+snapshot after an item's delete keeps no older generation (they hold the item) and purges the
+item store; the snapshot after a user's or an item's delete, and the one after it (which sees
+the records the interests worker republishes without a deleted item), purge the user stores
+(`StateDB.purge`: their deleted and superseded records leave the files). That a purge is owed
+is kept in the store (``StateDB.mark_purge_due``): a replica stopped or killed before it purges
+both stores at its first snapshot after the restart.
 """
 
 from __future__ import annotations
@@ -124,9 +125,15 @@ class Snapshots:
             }
             index.snapshot(cfg.data_dir / "index", item_offsets, keep=keep)
         pop_offsets = {k: v for k, v in offsets.items() if k.startswith(ENGAGEMENTS.name + ":")}
-        # Live items only: a deleted item engaged with after its delete is counted again.
+        # Without the items deleted since the last snapshot (engagements replayed after a delete
+        # count the item again) unless they are back; an item engaged with before its embedding
+        # arrives keeps its count.
+        popularity = self.engagements.popularity
+        dropped = set(popularity.forgotten)
         catalog = self.items.catalog
-        blob = self.engagements.popularity.to_bytes(keep=catalog.__contains__)
+        blob = popularity.to_bytes(
+            keep=(lambda i: i not in dropped or i in catalog) if dropped else None
+        )
 
         def write_files(tmp: Path) -> None:
             (tmp / _POPULARITY_FILE).write_bytes(blob)
@@ -137,6 +144,7 @@ class Snapshots:
             {"format": "recstream.popularity", "offsets": pop_offsets},
             keep=keep,
         )
+        popularity.forgotten.difference_update(dropped)
         self.db.flush()
         if purge_items or purge_users:
             self.db.purge(items=purge_items, users=purge_users)

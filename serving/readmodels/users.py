@@ -103,6 +103,13 @@ class UserMaterializer:
         self._cache_profile(profile)
         return profile
 
+    def cached_applied_ms(self, user_id: str) -> int:
+        """When this replica applied the user's cached profile (0 if not cached or not applied
+        live): a cache lookup only, for callers that read the record themselves."""
+        with self._profiles_lock:
+            cached = self._profiles.get(user_id)
+        return 0 if cached is None else int(cached[-1])  # applied_ms: _pack's last field
+
     def record(self, user_id: str) -> UserInterests | None:
         """The user's stored ``user-interests`` record, or None if unknown or unreadable."""
         raw = self.users.record(user_id)

@@ -149,6 +149,10 @@ class InterestClusters:
     def seen_items(self) -> frozenset[str]:
         return frozenset(self._item_counts)
 
+    def seen_among(self, item_ids: set[str]) -> set[str]:
+        """Those of ``item_ids`` this state holds actions on (walks the smaller of the two)."""
+        return self._item_counts.keys() & item_ids
+
     def remembers(self, event_id: str) -> bool:
         return event_id in self._event_set
 
@@ -552,19 +556,12 @@ class InterestClusters:
         imp = self._importances(now_ms)
         return self._interests(np.argsort(-imp, kind="stable")[:k].tolist(), imp)
 
-    def summaries(self, k: int, now_ms: int, members: int = 5) -> list[Summary]:
-        """What ``top_medoids`` says of the ``k`` most important interests, without vectors:
-        medoid, importance, size and the ``members`` most recent distinct items (the
-        worker publishes this for every change, so it skips the copies and per-cluster
-        member arrays; medoids come from the cache when unchanged)."""
-        if k <= 0 or self._n == 0:
-            return []
-        order, imps, sizes = self._ranked(now_ms)
-        return self._summaries(order[:k], imps, sizes, members)
-
     def published(self, k: int, now_ms: int, members: int = 5) -> tuple[list[Summary], KeptActions]:
-        """What a ``user-interests`` record says of this state: ``summaries(k, now_ms,
-        members)`` and every kept action, whose ``interest`` is its cluster's position in
+        """What a ``user-interests`` record says of this state: what ``top_medoids`` says of
+        the ``k`` most important interests, without vectors (medoid, importance, size and the
+        ``members`` most recent distinct items; the worker publishes this for every change, so
+        it skips the copies and per-cluster member arrays; medoids come from the cache when
+        unchanged), and every kept action, whose ``interest`` is its cluster's position in
         those summaries (-1 when the cluster is not among the ``k`` most important)."""
         if self._n == 0:
             return [], KeptActions((), np.zeros(0, np.int64), np.zeros(0, np.int64))

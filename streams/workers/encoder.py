@@ -185,12 +185,15 @@ class EncoderWorker:
         )
 
     def run_once(self) -> int:
+        letters = self._consumer.dead_letters
+        rejected = letters.count
         accepted = self._consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.max_batch)
         if accepted:
             self.process(accepted)
         self._publisher.flush()
-        self._consumer.dead_letters.settle()  # the poll's were; these are the batch's own
-        if accepted or self._consumer.dead_letters.count:
+        letters.settle()  # the poll's were; these are the batch's own
+        # A poll of rejects only moves the offsets too; an idle poll commits nothing.
+        if accepted or letters.count != rejected:
             self._commit()
         return len(accepted)
 

@@ -94,7 +94,7 @@ async def interests(
     record = rm.record(user_id)
     if record is None:
         raise ProblemError(404, "Unknown user", f"no interests known for user {user_id!r}")
-    profile = rm.profile(user_id)
+    applied_ms = rm.cached_applied_ms(user_id)
     out: dict[str, Any] = {
         "user_id": user_id,
         "n_actions": record.n_actions,
@@ -102,9 +102,9 @@ async def interests(
         "updated_ms": record.updated_ms,
         "interests": [interest_out(i, rm) for i in live_interests(record.interests, rm)],
     }
-    if profile is not None and profile.applied_ms:
-        out["applied_ms"] = profile.applied_ms
-        out["freshness_ms"] = max(profile.applied_ms - profile.last_event_ts, 0)
+    if applied_ms:
+        out["applied_ms"] = applied_ms
+        out["freshness_ms"] = max(applied_ms - record.last_event_ts, 0)
     if points:
         out["points"] = projection(record, rm, max_points)
     return out

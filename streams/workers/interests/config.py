@@ -7,9 +7,26 @@ from pathlib import Path
 
 from streams.faust_runtime.event_loop import EVENT_LOOPS
 from streams.interests import InterestConfig
-from streams.workers.interests.engine_process import ENGINES, PUBLISHED_STATES, Publishing
 
 APP_ID = "recstream-interests"
+ENGINE_PLACES = ("process", "local")  # where the engine runs (engine_process.ENGINES)
+PUBLISHED_STATES = ("view", "full", "none")
+
+
+@dataclass(frozen=True)
+class Publishing:
+    """What a ``user-interests`` record holds: the top ``interests`` (each with its
+    ``members`` most recent items), every kept action, and the engine's state bytes
+    ("none": readers need only the actions; "view" or "full" for tools that replay the
+    engine)."""
+
+    interests: int = 10
+    members: int = 5
+    state: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.state not in PUBLISHED_STATES:
+            raise ValueError(f"published state must be view, full or none: {self.state!r}")
 
 
 @dataclass(frozen=True)
@@ -48,23 +65,21 @@ class InterestsWorkerConfig:
     # collector.
     full_gc_every_s: float = 600.0
     engine: InterestConfig = field(default_factory=InterestConfig)
+    # What each user-interests record holds (of the three published_* fields; checks them).
+    publishing: Publishing = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.published_state not in PUBLISHED_STATES:
-            raise ValueError(
-                f"published_state must be view, full or none: {self.published_state!r}"
-            )
+        publishing = Publishing(
+            self.published_interests, self.published_members, self.published_state
+        )
+        object.__setattr__(self, "publishing", publishing)  # a frozen dataclass
         if self.event_loop not in EVENT_LOOPS:
             raise ValueError(f"event_loop must be uvloop or asyncio: {self.event_loop!r}")
         if self.full_gc_every_s < 0 or self.batch_within_s <= 0 or self.purge_every_s < 0:
             raise ValueError(
                 "full_gc_every_s and purge_every_s must be >= 0 and batch_within_s > 0"
             )
-        if self.engine_in not in ENGINES:
+        if self.engine_in not in ENGINE_PLACES:
             raise ValueError(f"engine_in must be process or local: {self.engine_in!r}")
         if self.chunk_users < 1 or self.state_cache_users < 1:
             raise ValueError("chunk_users and state_cache_users must be >= 1")
-
-    @property
-    def publishing(self) -> Publishing:
-        return Publishing(self.published_interests, self.published_members, self.published_state)

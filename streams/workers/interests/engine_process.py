@@ -25,7 +25,6 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
@@ -33,24 +32,7 @@ import numpy as np
 
 from streams.interests import InterestClusters, InterestConfig
 from streams.schemas import user_interests_json
-
-PUBLISHED_STATES = ("view", "full", "none")
-
-
-@dataclass(frozen=True)
-class Publishing:
-    """What a ``user-interests`` record holds: the top ``interests`` (each with its
-    ``members`` most recent items), every kept action, and the engine's state bytes
-    ("none": readers need only the actions; "view" or "full" for tools that replay the
-    engine)."""
-
-    interests: int = 10
-    members: int = 5
-    state: str = "none"
-
-    def __post_init__(self) -> None:
-        if self.state not in PUBLISHED_STATES:
-            raise ValueError(f"published state must be view, full or none: {self.state!r}")
+from streams.workers.interests.config import ENGINE_PLACES, Publishing
 
 
 def interests_record(
@@ -208,7 +190,7 @@ class EngineHost:
             changed = changed or ok
         # Lazy deletes: items deleted since this user's state last saw them.
         if self.deleted:
-            for item_id in [i for i in state.seen_items if i in self.deleted]:
+            for item_id in sorted(state.seen_among(self.deleted)):
                 changed = state.forget_item(item_id) or changed
         if not changed and not job.publish:
             return UserResult(job.user_id, learned, False, False, None, None, rejected)
@@ -408,10 +390,10 @@ class LocalEngine:
         self._host.clear()
 
 
-ENGINES: dict[str, type[EngineProcess] | type[LocalEngine]] = {
-    "process": EngineProcess,
-    "local": LocalEngine,
-}
+# By InterestsWorkerConfig.engine_in.
+ENGINES: dict[str, type[EngineProcess] | type[LocalEngine]] = dict(
+    zip(ENGINE_PLACES, (EngineProcess, LocalEngine), strict=True)
+)
 """Where the engine runs: ``process`` (a child process, the default) or ``local``."""
 
 

@@ -95,21 +95,15 @@ class ItemFeed:
                 dim=self.db.items.dim,
             )
         for rejection in changes.rejected:
-            if rejection.embedding is None:
-                log.warning(
-                    "skipping bad item embedding at %s[%d]@%d: %s",
-                    topic,
-                    partition,
-                    rejection.record.offset,
-                    rejection.reason,
-                )
-            else:
-                log.warning(
-                    "skipping item embedding %s: %d-d, the item store holds %s-d vectors",
-                    rejection.embedding.item_id,
-                    rejection.embedding.dim,
-                    changes.dim,
-                )
+            record = rejection.record
+            log.warning(
+                "skipping item embedding %s: %s (%s[%d]@%d)",
+                record.key.decode(errors="replace") if record.key else "without a key",
+                rejection.reason,
+                topic,
+                partition,
+                record.offset,
+            )
         arrived = changes.upserted_ids
         self.vectors.invalidate(arrived + changes.deleted)
         self.deleted.difference_update(arrived)

@@ -102,17 +102,33 @@ class Planner:
         drops the item (as at the user's next event) and answers with the state and record,
         written back under the row's position. ``context`` stands for the user's event (the
         partition the table writes go to). Adds the vectors the job needs to ``vectors``."""
-        held, evicted = self.held.touch(user_id)
-        for gone in evicted:
-            self.positions.pop(gone, None)
-        stored: bytes | None = None
-        if not held:
-            stored = row[STATE_POSITION.size :]
-            missing = [i for i in InterestClusters.items_in(stored) if i not in vectors.rows]
-            vectors.add(*self.feed.lookup(missing))
+        _, stored = self._load(user_id, vectors, row)
         position = STATE_POSITION.unpack_from(row)
         self.positions[user_id] = position
         return Planned(user_id, [(context, None)], stored, False, [], True, position)
+
+    def _load(
+        self, user_id: str, vectors: BatchVectors, row: bytes | None = None
+    ) -> tuple[bool, bytes | None]:
+        """Mark the user used in the mirror of the engine's cache; when the engine does not hold
+        them, load their stored state (``row``, else the table's) and the vectors of its items.
+        Returns (fresh: no stored state, the stored state the job carries)."""
+        held, evicted = self.held.touch(user_id)
+        for gone in evicted:
+            self.positions.pop(gone, None)
+        if held:
+            return False, None
+        if row is None:
+            row = self.states.get(user_id)
+        if row is None:
+            self.positions.pop(user_id, None)
+            return True, None
+        self.positions[user_id] = STATE_POSITION.unpack_from(row)
+        stored = row[STATE_POSITION.size :]
+        # Items gone from the store (deleted) are left out: the state drops them.
+        missing = [i for i in InterestClusters.items_in(stored) if i not in vectors.rows]
+        vectors.add(*self.feed.lookup(missing))
+        return False, stored
 
     async def plan_user(
         self,
@@ -124,22 +140,7 @@ class Planner:
         """Decide what of one user's (faust event, decoded event) pairs of a batch goes to the
         engine (in order), counting the others in ``outcomes``: redeliveries, parked events,
         user deletions. Adds the vectors the job needs to ``vectors``."""
-        held, evicted = self.held.touch(user_id)
-        for gone in evicted:
-            self.positions.pop(gone, None)
-        stored: bytes | None = None
-        fresh = False
-        if not held:
-            row = self.states.get(user_id)
-            if row is None:
-                fresh = True
-                self.positions.pop(user_id, None)
-            else:
-                self.positions[user_id] = STATE_POSITION.unpack_from(row)
-                stored = row[STATE_POSITION.size :]
-                # Items gone from the store (deleted) are left out: the state drops them.
-                missing = [i for i in InterestClusters.items_in(stored) if i not in vectors.rows]
-                vectors.add(*self.feed.lookup(missing))
+        fresh, stored = self._load(user_id, vectors)
         applied_at = self.positions.get(user_id)
         rows = vectors.rows
         parked = self.parking.of(user_id)

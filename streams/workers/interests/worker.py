@@ -6,12 +6,13 @@ package docstring says which module holds which part.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import weakref
 from collections import Counter as Tally
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, NamedTuple, cast
 
 import numpy as np
@@ -157,10 +158,9 @@ class InterestsWorker:
 
     async def _on_revoked(self, app: Any, *args: Any, **kwargs: Any) -> None:
         # Another worker may own these users next: forget what we cached about them.
-        self.planner.held.clear()
+        self.planner.forget()
         if self._engine is not None:
             await self._engine.clear()
-        self.planner.positions.clear()
         self.lag.next_offset.clear()
         self.parking.forget()
 
@@ -199,14 +199,8 @@ class InterestsWorker:
             ):
                 self.metrics.batch_size.observe(len(events))
                 async with self._writing:
-                    try:
+                    async with self._crash_if_the_engine_fails():
                         undone = await self.process(events)
-                    except EngineProcessError as exc:
-                        # No state can be applied without it: stop the worker (a supervisor
-                        # starts it again; nothing unconfirmed was acked).
-                        log.critical("%s: stopping the worker", exc)
-                        await self.app.crash(exc)
-                        raise
                     await self.delivery.confirm()
                 if undone:
                     # Not acked, so not committed: the rebalance seeks every partition back to
@@ -218,6 +212,17 @@ class InterestsWorker:
             stream._processors.remove(decode)
             decoded.clear()
             await self.outbox.stop()
+
+    @contextlib.asynccontextmanager
+    async def _crash_if_the_engine_fails(self) -> AsyncIterator[None]:
+        """No state can be applied without the engine process: its failure stops the worker (a
+        supervisor starts it again; nothing unconfirmed was acked)."""
+        try:
+            yield
+        except EngineProcessError as exc:
+            log.critical("%s: stopping the worker", exc)
+            await self.app.crash(exc)
+            raise
 
     async def _housekeeping(self) -> None:
         await self.parking.republish_arrived()
@@ -286,10 +291,16 @@ class InterestsWorker:
                     break
                 chunk = await self._send_chunk(users[start : start + self.config.chunk_users])
                 if in_flight is not None:
-                    undone.extend(await self._finish_chunk(in_flight, rebalances, outcomes))
+                    undone.extend(
+                        await self._finish_chunk(
+                            in_flight, rebalances, outcomes, observe_latency=True
+                        )
+                    )
                 in_flight = chunk
             if in_flight is not None:
-                undone.extend(await self._finish_chunk(in_flight, rebalances, outcomes))
+                undone.extend(
+                    await self._finish_chunk(in_flight, rebalances, outcomes, observe_latency=True)
+                )
                 in_flight = None
         finally:
             if in_flight is not None:  # an error: let the chunk in flight end before going on
@@ -312,21 +323,24 @@ class InterestsWorker:
             # faust picks a table write's changelog partition from the current event.
             _current_event.set(weakref.ref(user_events[-1][0]))
             planned.append(await self.planner.plan_user(user_id, user_events, vectors, outcomes))
-        jobs = [
-            UserJob(plan.user_id, plan.stored, plan.fresh, plan.ops, plan.redelivered)
-            for plan in planned
-        ]
+        return self._submit(planned, vectors, outcomes)
+
+    def _submit(
+        self, planned: list[Planned], vectors: BatchVectors, outcomes: Tally[str]
+    ) -> _Chunk:
+        """Send planned jobs (and the deletes the engine process has not heard of) to it."""
+        jobs = [UserJob(p.user_id, p.stored, p.fresh, p.ops, p.redelivered) for p in planned]
         deleted, undeleted = self.planner.deleted_since_sent()
         sent = time.perf_counter()
         batch = Batch(jobs, vectors.ids, vectors.matrix(), deleted, undeleted)
-        results = self.engine.apply(batch)
-        return _Chunk(planned, results, outcomes, sent)
+        return _Chunk(planned, self.engine.apply(batch), outcomes, sent)
 
     async def _finish_chunk(
-        self, chunk: _Chunk, rebalances: int, outcomes: Tally[str]
+        self, chunk: _Chunk, rebalances: int, outcomes: Tally[str], *, observe_latency: bool
     ) -> list[Any]:
         """Write a chunk's results (table, records out); returns its events if a rebalance
-        began meanwhile (nothing written then)."""
+        began meanwhile (nothing written then). ``observe_latency``: the chunk applies users'
+        events (a sweep's chunk applies none, so it is no engagement's update latency)."""
         from faust.streams import _current_event
 
         results = await chunk.results
@@ -337,7 +351,6 @@ class InterestsWorker:
             await self.engine.clear()
             return [event for plan in chunk.planned for event, _ in plan.pairs]
         outcomes.update(chunk.outcomes)
-        observe = self.metrics.update_latency.observe
         refused: list[tuple[Planned, list[tuple[str, str]]]] = []
         for plan, result in zip(chunk.planned, results, strict=True):
             applied = sum(result.learned)
@@ -363,9 +376,11 @@ class InterestsWorker:
             self.states[user_id] = STATE_POSITION.pack(*plan.position) + result.blob
             # Sent with the batch's other records by delivery.confirm.
             self.outbox.add(USER_INTERESTS.name, user_id.encode(), result.record)
-        latency = time.perf_counter() - chunk.sent
-        for _ in chunk.planned:
-            observe(latency)
+        if observe_latency:
+            latency = time.perf_counter() - chunk.sent
+            observe = self.metrics.update_latency.observe
+            for _ in chunk.planned:
+                observe(latency)
         # Full record batches go now, while the engine works on the next chunk: the batch's
         # confirmation then waits only for its last records.
         await self.outbox.send_full()
@@ -410,18 +425,11 @@ class InterestsWorker:
                     self.planner.plan_sweep(user_id, row, context(partition), vectors)
                     for partition, user_id, row in part
                 ]
-                jobs = [
-                    UserJob(p.user_id, p.stored, p.fresh, p.ops, p.redelivered) for p in planned
-                ]
-                deleted, undeleted = self.planner.deleted_since_sent()
-                batch = Batch(jobs, vectors.ids, vectors.matrix(), deleted, undeleted)
-                chunk = _Chunk(planned, self.engine.apply(batch), Tally(), time.perf_counter())
-                try:
-                    undone = await self._finish_chunk(chunk, rebalances, Tally())
-                except EngineProcessError as exc:  # as in the agent: a supervisor restarts it
-                    log.critical("%s: stopping the worker", exc)
-                    await self.app.crash(exc)
-                    raise
+                chunk = self._submit(planned, vectors, Tally())
+                async with self._crash_if_the_engine_fails():
+                    undone = await self._finish_chunk(
+                        chunk, rebalances, Tally(), observe_latency=False
+                    )
                 if undone:
                     sweep.retry(items, check_all)  # a rebalance began: nothing was written
                     break
