@@ -211,7 +211,8 @@ class System:
             name, port = f"interests-{n}", free_port()
             data = self.workdir / name
             args = ["worker", "interests", *bootstrap, "--data-dir", str(data)]
-            args += ["--metrics-port", str(port)]
+            # The verification compares the published states with an offline replay.
+            args += ["--metrics-port", str(port), "--published-state", "view"]
             self._add(Role(name, "interests", args, self._log(name), env, port, data))
         for n in range(1, self._replicas + 1):
             name, port = f"serving-{n}", free_port()
